@@ -94,6 +94,9 @@ def verify_names(
     """Whether a certificate's identifiers are valid for ``reference``: an IP
     reference only against IP SANs (text or 4/16 raw bytes); a name against
     the SAN dNSNames, or the common names only when there is no dNSName."""
+    for a in ip_addresses:
+        if not isinstance(a, str | bytes):
+            raise TypeError("ip_addresses must hold str or bytes")
     if reference.isascii():
         ref_ip = _reference_ip(reference)
         if ref_ip is not None:

@@ -233,11 +233,9 @@ def _parse_v1_line(
         return ("UNSPEC", None) if complete else None
     else:
         raise ProxyProtocolError("unknown v1 protocol", fields[0][0])
-    if len(fields) > 5:
-        raise ProxyProtocolError("too many fields in the v1 header", fields[5][0] - 1)
     ips: list[str] = ["", ""]
     ports = [0, 0]
-    for n in range(1, judged):
+    for n in range(1, min(judged, 5)):
         off, field = fields[n]
         if not field:
             raise ProxyProtocolError(
@@ -254,6 +252,13 @@ def _parse_v1_line(
             if port is None:
                 raise ProxyProtocolError("invalid port in the v1 header", off)
             ports[n - 3] = port
+    if len(fields) > 5:
+        off, field = fields[5]
+        if not field and judged > 5:
+            raise ProxyProtocolError(
+                "empty field in the v1 header (a double or trailing space)", off
+            )
+        raise ProxyProtocolError("too many fields in the v1 header", off - 1)
     if not complete:
         return None
     if len(fields) < 5:

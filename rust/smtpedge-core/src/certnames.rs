@@ -55,7 +55,10 @@ pub fn match_hostname(pattern: &str, hostname: &str) -> bool {
 }
 
 fn is_ip_text(s: &str) -> bool {
-    let s = s.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(s);
+    let s = s
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(s);
     IpBytes::parse(s.as_bytes()).is_some()
 }
 
@@ -115,8 +118,18 @@ mod tests {
 
     #[test]
     fn cn_only_without_san() {
-        assert!(verify_names(&[], &["mx.example.com"], &[], "mx.example.com"));
-        assert!(!verify_names(&["other.example.com"], &["mx.example.com"], &[], "mx.example.com"));
+        assert!(verify_names(
+            &[],
+            &["mx.example.com"],
+            &[],
+            "mx.example.com"
+        ));
+        assert!(!verify_names(
+            &["other.example.com"],
+            &["mx.example.com"],
+            &[],
+            "mx.example.com"
+        ));
         let ip = IpBytes::parse(b"192.0.2.1").unwrap();
         assert!(verify_names(&[], &[], &[ip], "192.0.2.1"));
         assert!(!verify_names(&["192.0.2.1"], &[], &[], "192.0.2.1"));

@@ -23,11 +23,17 @@ pub enum BareNewline {
 enum State {
     /// At the start of a line; `real` when it began after a CRLF (or at the
     /// start of the data), the only place a terminator can start.
-    LineStart { real: bool },
+    LineStart {
+        real: bool,
+    },
     /// Seen "." at a line start.
-    Dot { real: bool },
+    Dot {
+        real: bool,
+    },
     /// Seen "." CR at a line start.
-    DotCr { real: bool },
+    DotCr {
+        real: bool,
+    },
     /// Inside a line.
     Mid,
     /// Seen a CR inside a line.
@@ -46,9 +52,21 @@ pub enum Failure {
 impl Failure {
     pub fn reply(self) -> (u16, &'static str, &'static str) {
         match self {
-            Failure::BareLf => (550, "5.5.2", "Message contains a bare LF (line endings must be CRLF)"),
-            Failure::BareCr => (550, "5.5.2", "Message contains a bare CR (line endings must be CRLF)"),
-            Failure::TooBig => (552, "5.3.4", "Message size exceeds fixed maximum message size"),
+            Failure::BareLf => (
+                550,
+                "5.5.2",
+                "Message contains a bare LF (line endings must be CRLF)",
+            ),
+            Failure::BareCr => (
+                550,
+                "5.5.2",
+                "Message contains a bare CR (line endings must be CRLF)",
+            ),
+            Failure::TooBig => (
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ),
         }
     }
 }
@@ -111,7 +129,9 @@ impl Scanner {
     /// terminator was found). Nothing is appended once the message has failed.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<usize> {
         if self.state == State::Done {
-            return Err(Error::usage("the DATA scanner has already seen the end of data"));
+            return Err(Error::usage(
+                "the DATA scanner has already seen the end of data",
+            ));
         }
         let base = self.consumed;
         let n = data.len();
@@ -259,7 +279,12 @@ mod tests {
 
     #[test]
     fn smuggling_does_not_end() {
-        for payload in [&b"a\n.\nMAIL\r\n"[..], b"a\n.\r\nMAIL\r\n", b"a\r.\rMAIL\r\n", b"a\r\n.\rMAIL\r\n"] {
+        for payload in [
+            &b"a\n.\nMAIL\r\n"[..],
+            b"a\n.\r\nMAIL\r\n",
+            b"a\r.\rMAIL\r\n",
+            b"a\r\n.\rMAIL\r\n",
+        ] {
             let mut s = Scanner::new(None, BareNewline::Reject);
             let mut out = Vec::new();
             assert_eq!(s.feed(payload, &mut out).unwrap(), payload.len());

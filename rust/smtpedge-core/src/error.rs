@@ -44,7 +44,11 @@ impl Error {
     }
 
     pub fn incomplete(needed: usize) -> Self {
-        Self::new(ErrorKind::Incomplete { needed }, 0, "incomplete PROXY header")
+        Self::new(
+            ErrorKind::Incomplete { needed },
+            0,
+            "incomplete PROXY header",
+        )
     }
 
     pub fn smtp(

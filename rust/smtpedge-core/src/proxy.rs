@@ -172,16 +172,24 @@ fn parse_v1(data: &[u8]) -> Result<Header<'_>> {
         Some(p) => p,
         None => {
             if window.len() == V1_MAX_LENGTH {
-                return Err(Error::proxy(V1_MAX_LENGTH, "v1 header longer than 107 bytes"));
+                return Err(Error::proxy(
+                    V1_MAX_LENGTH,
+                    "v1 header longer than 107 bytes",
+                ));
             }
-            return Err(Error::incomplete(MIN_LENGTH.saturating_sub(data.len()).max(1)));
+            return Err(Error::incomplete(
+                MIN_LENGTH.saturating_sub(data.len()).max(1),
+            ));
         }
     };
     if data[p] == b'\n' {
         return Err(Error::proxy(p, "v1 header ends in a bare LF"));
     }
     if p + 2 > V1_MAX_LENGTH {
-        return Err(Error::proxy(V1_MAX_LENGTH, "v1 header longer than 107 bytes"));
+        return Err(Error::proxy(
+            V1_MAX_LENGTH,
+            "v1 header longer than 107 bytes",
+        ));
     }
     if p + 1 == data.len() {
         return Err(Error::incomplete(1));
@@ -227,7 +235,10 @@ fn parse_v1_line(line: &[u8], complete: bool) -> Result<V1Parsed> {
     }
     if line.len() < PREFIX.len() {
         if complete {
-            return Err(Error::proxy(line.len(), "v1 header ends before its protocol"));
+            return Err(Error::proxy(
+                line.len(),
+                "v1 header ends before its protocol",
+            ));
         }
         return Ok(None);
     }
@@ -259,14 +270,14 @@ fn parse_v1_line(line: &[u8], complete: bool) -> Result<V1Parsed> {
         }
         _ => return Err(Error::proxy(fields[0].0, "unknown v1 protocol")),
     };
-    if fields.len() > 5 {
-        return Err(Error::proxy(fields[5].0 - 1, "too many fields in the v1 header"));
-    }
     let mut ips = [IpBytes::V4([0; 4]); 2];
     let mut ports = [0u16; 2];
-    for (n, &(off, field)) in fields.iter().enumerate().take(judged).skip(1) {
+    for (n, &(off, field)) in fields.iter().enumerate().take(judged.min(5)).skip(1) {
         if field.is_empty() {
-            return Err(Error::proxy(off, "empty field in the v1 header (a double or trailing space)"));
+            return Err(Error::proxy(
+                off,
+                "empty field in the v1 header (a double or trailing space)",
+            ));
         }
         match n {
             1 | 2 => {
@@ -291,6 +302,16 @@ fn parse_v1_line(line: &[u8], complete: bool) -> Result<V1Parsed> {
                     .ok_or_else(|| Error::proxy(off, "invalid port in the v1 header"))?;
             }
         }
+    }
+    if fields.len() > 5 {
+        let (off, field) = fields[5];
+        if field.is_empty() && judged > 5 {
+            return Err(Error::proxy(
+                off,
+                "empty field in the v1 header (a double or trailing space)",
+            ));
+        }
+        return Err(Error::proxy(off - 1, "too many fields in the v1 header"));
     }
     if !complete {
         return Ok(None);
@@ -333,7 +354,10 @@ fn parse_v2(data: &[u8], max_length: usize) -> Result<Header<'_>> {
     }
     let version = data[12] >> 4;
     if version != 2 {
-        return Err(Error::proxy(12, format!("unsupported v2 version {version}")));
+        return Err(Error::proxy(
+            12,
+            format!("unsupported v2 version {version}"),
+        ));
     }
     let command = match data[12] & 0x0F {
         0 => Command::Local,
@@ -354,7 +378,12 @@ fn parse_v2(data: &[u8], max_length: usize) -> Result<Header<'_>> {
         0 => Protocol::Unspec,
         1 => Protocol::Stream,
         2 => Protocol::Dgram,
-        p => return Err(Error::proxy(13, format!("unknown v2 transport protocol {p}"))),
+        p => {
+            return Err(Error::proxy(
+                13,
+                format!("unknown v2 transport protocol {p}"),
+            ))
+        }
     };
     if n < 16 {
         return Err(Error::incomplete(16 - n));
@@ -498,7 +527,10 @@ fn check_tlv(data: &[u8], off: usize, t: &Tlv<'_>, crc_at: &mut Option<usize>) -
         }
         PP2_TYPE_SSL => {
             if t.value.len() < 5 {
-                return Err(Error::proxy(off, "SSL TLV shorter than its 5-byte fixed part"));
+                return Err(Error::proxy(
+                    off,
+                    "SSL TLV shorter than its 5-byte fixed part",
+                ));
             }
             parse_tlvs(data, off + 8, off + 3 + t.value.len(), |soff, s| {
                 check_ssl_subtlv(soff, s)
@@ -534,7 +566,10 @@ fn check_ssl_subtlv(off: usize, s: &Tlv<'_>) -> Result<()> {
 /// Decode the value of a PP2_TYPE_SSL TLV (already checked by `parse`).
 pub fn parse_ssl(value: &[u8]) -> Result<SslInfo<'_>> {
     if value.len() < 5 {
-        return Err(Error::proxy(0, "SSL TLV shorter than its 5-byte fixed part"));
+        return Err(Error::proxy(
+            0,
+            "SSL TLV shorter than its 5-byte fixed part",
+        ));
     }
     let tlvs = parse_tlvs(value, 5, value.len(), check_ssl_subtlv)?;
     Ok(SslInfo {
@@ -619,7 +654,9 @@ fn build_v1(
         Some(e) => e,
     };
     if protocol != Protocol::Stream {
-        return Err(Error::usage("version 1 carries only STREAM (TCP) connections"));
+        return Err(Error::usage(
+            "version 1 carries only STREAM (TCP) connections",
+        ));
     }
     let proto = match family {
         Family::Inet => "TCP4",

@@ -19,8 +19,8 @@ pub const DEFAULT_MAX_LINE: usize = 2048;
 
 /// The verbs this parser knows.
 pub const VERBS: [&str; 14] = [
-    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY", "EXPN", "HELP",
-    "QUIT", "STARTTLS", "AUTH",
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "QUIT",
+    "STARTTLS", "AUTH",
 ];
 
 /// A mailbox path. The null reverse-path `<>` has an empty local part and
@@ -76,7 +76,12 @@ pub fn parse_command(line: &[u8], smtputf8: bool, max_length: usize) -> Result<C
     }
     if smtputf8 {
         if let Err(e) = std::str::from_utf8(line) {
-            return Err(Error::smtp(500, "5.5.2", e.valid_up_to(), "Invalid UTF-8 in command"));
+            return Err(Error::smtp(
+                500,
+                "5.5.2",
+                e.valid_up_to(),
+                "Invalid UTF-8 in command",
+            ));
         }
     }
     let vend = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
@@ -106,7 +111,12 @@ pub fn parse_command(line: &[u8], smtputf8: bool, max_length: usize) -> Result<C
     let arg = &line[astart..aend];
     if !smtputf8 && !matches!(verb, "MAIL" | "RCPT") {
         if let Some(i) = arg.iter().position(|&b| b >= 0x80) {
-            return Err(Error::smtp(500, "5.5.2", astart + i, "Non-ASCII characters in command"));
+            return Err(Error::smtp(
+                500,
+                "5.5.2",
+                astart + i,
+                "Non-ASCII characters in command",
+            ));
         }
     }
     if !arg.is_empty() {
@@ -262,7 +272,11 @@ fn parse_path(s: &[u8], start: usize, role: Role, smtputf8: bool) -> Result<(Pat
         }
         return Err(role.bad(p, "empty recipient"));
     }
-    if !role.mail && n >= p + 11 && s[p..p + 10].eq_ignore_ascii_case(b"postmaster") && s[p + 10] == b'>' {
+    if !role.mail
+        && n >= p + 11
+        && s[p..p + 10].eq_ignore_ascii_case(b"postmaster")
+        && s[p + 10] == b'>'
+    {
         return Ok((
             Path {
                 local_part: String::from_utf8_lossy(&s[p..p + 10]).into_owned(),
@@ -313,7 +327,12 @@ fn parse_path(s: &[u8], start: usize, role: Role, smtputf8: bool) -> Result<(Pat
         return Err(Error::smtp(501, role.status(), start, "Path too long"));
     }
     if lend - lstart > MAX_LOCAL_PART {
-        return Err(Error::smtp(501, role.status(), lstart, "Local part too long"));
+        return Err(Error::smtp(
+            501,
+            role.status(),
+            lstart,
+            "Local part too long",
+        ));
     }
     if dend - dstart > MAX_DOMAIN {
         return Err(Error::smtp(501, role.status(), dstart, "Domain too long"));
@@ -498,7 +517,9 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply> {
             return Err(bad(i, "invalid reply code"));
         }
     }
-    let code = u16::from(line[0] - b'0') * 100 + u16::from(line[1] - b'0') * 10 + u16::from(line[2] - b'0');
+    let code = u16::from(line[0] - b'0') * 100
+        + u16::from(line[1] - b'0') * 10
+        + u16::from(line[2] - b'0');
     if line.len() == 3 {
         return Ok(Reply {
             code,
@@ -513,12 +534,19 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply> {
         _ => return Err(bad(3, "expected a space or hyphen after the reply code")),
     };
     let text = &line[4..];
-    if let Some(i) = text.iter().position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if let Some(i) = text
+        .iter()
+        .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
         return Err(bad(4 + i, "control character in reply text"));
     }
     let (status, rest) = match enhanced_status(text, line[0]) {
         Some(n) => {
-            let rest = if text.len() > n { &text[n + 1..] } else { &text[n..] };
+            let rest = if text.len() > n {
+                &text[n + 1..]
+            } else {
+                &text[n..]
+            };
             (Some(String::from_utf8_lossy(&text[..n]).into_owned()), rest)
         }
         None => (None, text),
@@ -535,7 +563,8 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply> {
 /// equal to the reply's first digit; subject and detail of 1-3 digits) that is
 /// followed by a space or the end of the text.
 fn enhanced_status(text: &[u8], class: u8) -> Option<usize> {
-    if !matches!(class, b'2' | b'4' | b'5') || text.len() < 5 || text[0] != class || text[1] != b'.' {
+    if !matches!(class, b'2' | b'4' | b'5') || text.len() < 5 || text[0] != class || text[1] != b'.'
+    {
         return None;
     }
     let mut p = 2;
@@ -574,22 +603,40 @@ mod tests {
         let c = cmd("mail FROM:<a.b@example.org> SIZE=100 ret=hdrs envid=QQ+2B\r\n").unwrap();
         assert_eq!(c.verb, "MAIL");
         let p = c.path.unwrap();
-        assert_eq!((p.local_part.as_str(), p.domain.as_str()), ("a.b", "example.org"));
+        assert_eq!(
+            (p.local_part.as_str(), p.domain.as_str()),
+            ("a.b", "example.org")
+        );
         assert_eq!(c.params[1], ("RET".to_string(), Some("hdrs".to_string())));
     }
 
     #[test]
     fn errors_carry_replies() {
         let e = cmd("RCPT TO:<a..b@x>").unwrap_err();
-        assert_eq!(e.kind, crate::error::ErrorKind::Smtp { code: 553, status: "5.1.3" });
+        assert_eq!(
+            e.kind,
+            crate::error::ErrorKind::Smtp {
+                code: 553,
+                status: "5.1.3"
+            }
+        );
         let e = cmd("FOO").unwrap_err();
-        assert_eq!(e.kind, crate::error::ErrorKind::Smtp { code: 500, status: "5.5.1" });
+        assert_eq!(
+            e.kind,
+            crate::error::ErrorKind::Smtp {
+                code: 500,
+                status: "5.5.1"
+            }
+        );
     }
 
     #[test]
     fn reply() {
         let r = parse_reply(b"250-2.1.0 Sender ok\r\n").unwrap();
-        assert_eq!((r.code, r.last, r.status.as_deref(), r.text.as_str()), (250, false, Some("2.1.0"), "Sender ok"));
+        assert_eq!(
+            (r.code, r.last, r.status.as_deref(), r.text.as_str()),
+            (250, false, Some("2.1.0"), "Sender ok")
+        );
         let r = parse_reply(b"354 Go ahead").unwrap();
         assert_eq!(r.status, None);
     }

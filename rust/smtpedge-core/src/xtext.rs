@@ -94,7 +94,8 @@ pub fn encode_utf8_addr(address: &str, unitext: bool) -> String {
 /// Code points that may appear as an EmbeddedUnicodeChar: the ASCII ones that
 /// QCHAR leaves out, and every non-ASCII scalar value.
 fn escapable(v: u32) -> bool {
-    matches!(v, 0x01..=0x20 | 0x2B | 0x3D | 0x5C | 0x7F) || (v >= 0x80 && char::from_u32(v).is_some())
+    matches!(v, 0x01..=0x20 | 0x2B | 0x3D | 0x5C | 0x7F)
+        || (v >= 0x80 && char::from_u32(v).is_some())
 }
 
 /// Decode utf-8-addr-xtext or utf-8-addr-unitext back to the address.
@@ -117,17 +118,23 @@ pub fn decode_utf8_addr(text: &str) -> Result<String> {
                 j += 1;
             }
             if j >= s.len() || s[j] != b'}' {
-                return Err(xerr(i, "\\x{...} escape is not 2 to 6 upper-case hex digits and }"));
+                return Err(xerr(
+                    i,
+                    "\\x{...} escape is not 2 to 6 upper-case hex digits and }",
+                ));
             }
             let digits = &s[start..j];
             if digits.len() < 2 || digits.len() > 6 || (digits.len() > 2 && digits[0] == b'0') {
                 return Err(xerr(i, "\\x{...} escape is not in shortest form"));
             }
-            let v = digits
-                .iter()
-                .fold(0u32, |a, &d| (a << 4) | u32::from(upper_hex(d).unwrap_or(0)));
+            let v = digits.iter().fold(0u32, |a, &d| {
+                (a << 4) | u32::from(upper_hex(d).unwrap_or(0))
+            });
             if !escapable(v) {
-                return Err(xerr(i, "\\x{...} escape of a character that needs none or is invalid"));
+                return Err(xerr(
+                    i,
+                    "\\x{...} escape of a character that needs none or is invalid",
+                ));
             }
             out.push(char::from_u32(v).expect("checked by escapable"));
             i = j + 1;
@@ -168,7 +175,16 @@ mod tests {
         let u = encode_utf8_addr(a, true);
         assert_eq!(u, "J\u{f8}rgen\\x{2B}x@b\u{fc}cher.example");
         assert_eq!(decode_utf8_addr(&u).unwrap(), a);
-        for bad in ["\\x{f8}", "\\x{0F8}", "\\x{41}", "\\x{D800}", "\\x{110000}", "a+b", "\\x{F8", "\\y"] {
+        for bad in [
+            "\\x{f8}",
+            "\\x{0F8}",
+            "\\x{41}",
+            "\\x{D800}",
+            "\\x{110000}",
+            "a+b",
+            "\\x{F8",
+            "\\y",
+        ] {
             assert!(decode_utf8_addr(bad).is_err(), "{bad}");
         }
     }

@@ -111,9 +111,15 @@ impl ProxyHeader {
             ("family", self.family.into_pyobject(py)?.into_any()),
             ("protocol", self.protocol.into_pyobject(py)?.into_any()),
             ("source", self.source.clone().into_pyobject(py)?.into_any()),
-            ("destination", self.destination.clone().into_pyobject(py)?.into_any()),
+            (
+                "destination",
+                self.destination.clone().into_pyobject(py)?.into_any(),
+            ),
             ("tlvs", tlv_tuple(py, &self.tlvs)?.into_any()),
-            ("crc32c", self.crc32c.into_pyobject(py)?.to_owned().into_any()),
+            (
+                "crc32c",
+                self.crc32c.into_pyobject(py)?.to_owned().into_any(),
+            ),
             ("consumed", self.consumed.into_pyobject(py)?.into_any()),
         ])
     }
@@ -269,7 +275,10 @@ pub struct Path {
 impl Path {
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Fields<'py>> {
         Ok(vec![
-            ("local_part", self.local_part.clone().into_pyobject(py)?.into_any()),
+            (
+                "local_part",
+                self.local_part.clone().into_pyobject(py)?.into_any(),
+            ),
             ("domain", self.domain.clone().into_pyobject(py)?.into_any()),
         ])
     }
@@ -336,7 +345,10 @@ impl Command {
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Fields<'py>> {
         Ok(vec![
             ("verb", self.verb.into_pyobject(py)?.into_any()),
-            ("argument", self.argument.clone().into_pyobject(py)?.into_any()),
+            (
+                "argument",
+                self.argument.clone().into_pyobject(py)?.into_any(),
+            ),
             (
                 "path",
                 match &self.path {
@@ -351,7 +363,10 @@ impl Command {
     }
 
     fn params_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.params.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+        PyTuple::new(
+            py,
+            self.params.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+        )
     }
 }
 

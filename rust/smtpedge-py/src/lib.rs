@@ -259,7 +259,10 @@ fn ascii_name(py: Python<'_>, name: &str) -> PyResult<Option<String>> {
     if name.is_ascii() {
         return Ok(Some(name.to_owned()));
     }
-    let conv = py.import("smtpedge._idna")?.getattr("to_ascii")?.call1((name,))?;
+    let conv = py
+        .import("smtpedge._idna")?
+        .getattr("to_ascii")?
+        .call1((name,))?;
     conv.extract()
 }
 
@@ -329,7 +332,11 @@ fn verify_names(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     m.add("BUILD_PROFILE", profile)?;
     m.add_class::<ProxyHeader>()?;
     m.add_class::<SSLInfo>()?;
