@@ -29,7 +29,10 @@ def test_backend_matches_environment() -> None:
 
 
 def test_forcing_python() -> None:
-    r = _run("import smtpedge; print(smtpedge.BACKEND, smtpedge.BUILD_PROFILE)", SMTPEDGE_BACKEND="python")
+    r = _run(
+        "import smtpedge; print(smtpedge.BACKEND, smtpedge.BUILD_PROFILE)",
+        SMTPEDGE_BACKEND="python",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["python", "python"]
 

@@ -16,7 +16,7 @@ from smtpedge import _native, _pure
 def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
     try:
         result = fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the class is part of the comparison
+    except Exception as exc:
         return ("raise", type(exc), str(exc), sorted(vars(exc).items()))
     return ("ok", repr(result))
 
@@ -34,7 +34,9 @@ ipv4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))
 ipv6 = st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8).map(
     lambda w: ":".join(f"{x:x}" for x in w)
 )
-ipv6_text = st.one_of(ipv6, st.sampled_from(["::", "::1", "2001:db8::1", "::ffff:1.2.3.4", "1::", "fe80::1:0:0:1"]))
+ipv6_text = st.one_of(
+    ipv6, st.sampled_from(["::", "::1", "2001:db8::1", "::ffff:1.2.3.4", "1::", "fe80::1:0:0:1"])
+)
 port = st.integers(0, 65535)
 tlv = st.tuples(
     st.sampled_from([0x01, 0x02, 0x03, 0x04, 0x05, 0x20, 0x30, 0xE0, 0xEF]),
@@ -47,7 +49,10 @@ def built_headers(draw: st.DrawFn) -> bytes:
     version = draw(st.sampled_from([1, 2]))
     fam = draw(st.sampled_from(["v4", "v6", "unix", "none"]))
     if fam == "v4":
-        ends: tuple[Any, Any] | tuple[None, None] = ((draw(ipv4), draw(port)), (draw(ipv4), draw(port)))
+        ends: tuple[Any, Any] | tuple[None, None] = (
+            (draw(ipv4), draw(port)),
+            (draw(ipv4), draw(port)),
+        )
     elif fam == "v6":
         ends = ((draw(ipv6_text), draw(port)), (draw(ipv6_text), draw(port)))
     elif fam == "unix" and version == 2:
@@ -120,14 +125,26 @@ def test_parse_header_agrees(data: bytes, max_length: int) -> None:
             assert getattr(r, attr) == getattr(p, attr)
         assert repr(r.ssl) == repr(p.ssl)
         if r.ssl is not None and p.ssl is not None:
-            for attr in ("version", "cn", "cipher", "sig_alg", "key_alg", "group", "sig_scheme", "client_cert"):
+            for attr in (
+                "version",
+                "cn",
+                "cipher",
+                "sig_alg",
+                "key_alg",
+                "group",
+                "sig_scheme",
+                "client_cert",
+            ):
                 assert getattr(r.ssl, attr) == getattr(p.ssl, attr)
         assert data[: r.consumed] and r.consumed <= len(data)
 
 
 endpoint = st.one_of(
     st.none(),
-    st.tuples(st.one_of(ipv4, ipv6_text, st.text("0123456789.:abcdef", max_size=12)), st.integers(-2, 70000)),
+    st.tuples(
+        st.one_of(ipv4, ipv6_text, st.text("0123456789.:abcdef", max_size=12)),
+        st.integers(-2, 70000),
+    ),
     st.tuples(st.text(max_size=110), st.none()),
 )
 
@@ -144,9 +161,13 @@ endpoint = st.one_of(
 def test_build_header_agrees(
     version: int, command: str, src: Any, dst: Any, protocol: str, tlvs: Any, crc: bool
 ) -> None:
-    kind = same("build_header", version, command, src, dst, protocol=protocol, tlvs=tlvs, crc32c=crc)
+    kind = same(
+        "build_header", version, command, src, dst, protocol=protocol, tlvs=tlvs, crc32c=crc
+    )
     if kind[0] == "ok":
-        built = _native.build_header(version, command, src, dst, protocol=protocol, tlvs=tlvs, crc32c=crc)
+        built = _native.build_header(
+            version, command, src, dst, protocol=protocol, tlvs=tlvs, crc32c=crc
+        )
         if all(0 <= k <= 255 and k != 3 for k, _ in tlvs):
             same("parse_header", built, max_length=70000)
 
@@ -159,10 +180,13 @@ def test_crc32c_agrees(data: bytes) -> None:
 # --- SMTP lines --------------------------------------------------------------
 
 line_alphabet = st.sampled_from(
-    [b"MAIL", b"RCPT", b"FROM:", b"TO:", b"<", b">", b"@", b"a", b"Z", b"9", b".", b"-", b" ", b"  ",
-     b"\"", b"\\", b"[", b"]", b"IPv6:", b"::1", b"1.2.3.4", b"=", b"SIZE", b",", b":", b"\r\n", b"\n",
-     b"\xc3\xa9", b"\xff", b"\x00", b"Postmaster", b"BDAT", b"LAST", b"DATA", b"EHLO", b"NOOP", b"x" * 70]
-)  # fmt: skip
+    [
+        *(b"MAIL", b"RCPT", b"FROM:", b"TO:", b"<", b">", b"@", b"a", b"Z", b"9", b".", b"-"),
+        *(b" ", b"  ", b'"', b"\\", b"[", b"]", b"IPv6:", b"::1", b"1.2.3.4", b"=", b"SIZE"),
+        *(b",", b":", b"\r\n", b"\n", b"\xc3\xa9", b"\xff", b"\x00", b"Postmaster", b"BDAT"),
+        *(b"LAST", b"DATA", b"EHLO", b"NOOP", b"x" * 70),
+    ]
+)
 smtp_lines = st.one_of(
     st.lists(line_alphabet, max_size=20).map(b"".join),
     st.binary(max_size=80),
@@ -197,7 +221,20 @@ def test_parse_reply_agrees(line: bytes) -> None:
 # --- DATA --------------------------------------------------------------------
 
 data_pieces = st.sampled_from(
-    [b"a", b"bc", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.\r\n", b"\n.\n", b"\r.\r", b"\n.\r\n", b"x" * 30]
+    [
+        b"a",
+        b"bc",
+        b".",
+        b"..",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b"\n.\r\n",
+        b"x" * 30,
+    ]
 )
 
 
@@ -207,7 +244,9 @@ data_pieces = st.sampled_from(
     st.one_of(st.none(), st.integers(0, 60)),
     st.sampled_from(["reject", "normalize"]),
 )
-def test_data_scanner_agrees(stream: bytes, cuts: list[int], max_size: int | None, policy: str) -> None:
+def test_data_scanner_agrees(
+    stream: bytes, cuts: list[int], max_size: int | None, policy: str
+) -> None:
     r = _native.DataScanner(max_size, bare_newline=policy)
     p = _pure.DataScanner(max_size, bare_newline=policy)
     i = 0
@@ -251,7 +290,9 @@ def test_xtext_decode_agrees(text: str) -> None:
 def test_utf8_addr_agrees(address: str, unitext: bool) -> None:
     enc = same("utf8_addr_encode", address, unitext=unitext)
     if address and "\x00" not in address:
-        assert _native.utf8_addr_decode(_native.utf8_addr_encode(address, unitext=unitext)) == address
+        assert (
+            _native.utf8_addr_decode(_native.utf8_addr_encode(address, unitext=unitext)) == address
+        )
     assert enc[0] == "ok"
 
 
@@ -259,7 +300,23 @@ def test_utf8_addr_agrees(address: str, unitext: bool) -> None:
     st.one_of(
         st.text(max_size=30),
         st.lists(
-            st.sampled_from(["\\x{", "}", "F6", "0", "D800", "1F600", "10FFFF", "110000", "2B", "41", "a", "+", "\u00e9"]),
+            st.sampled_from(
+                [
+                    "\\x{",
+                    "}",
+                    "F6",
+                    "0",
+                    "D800",
+                    "1F600",
+                    "10FFFF",
+                    "110000",
+                    "2B",
+                    "41",
+                    "a",
+                    "+",
+                    "\u00e9",
+                ]
+            ),
             max_size=8,
         ).map("".join),
     )
@@ -271,10 +328,28 @@ def test_utf8_addr_decode_agrees(text: str) -> None:
 # --- certificate names -------------------------------------------------------
 
 labels = st.sampled_from(
-    ["*", "mx", "MX", "example", "com", "xn--bcher-kva", "b\u00fccher", "f*", "", "a_b", "1", "192", "0", "\u00e9\u200d", "*x"]
+    [
+        "*",
+        "mx",
+        "MX",
+        "example",
+        "com",
+        "xn--bcher-kva",
+        "b\u00fccher",
+        "f*",
+        "",
+        "a_b",
+        "1",
+        "192",
+        "0",
+        "\u00e9\u200d",
+        "*x",
+    ]
 )
-names = st.lists(labels, min_size=0, max_size=5).map(".".join).flatmap(
-    lambda n: st.sampled_from([n, n + ".", "[" + n + "]"])
+names = (
+    st.lists(labels, min_size=0, max_size=5)
+    .map(".".join)
+    .flatmap(lambda n: st.sampled_from([n, n + ".", "[" + n + "]"]))
 )
 
 
@@ -289,5 +364,7 @@ def test_match_hostname_agrees(pattern: str, hostname: str) -> None:
     st.lists(st.one_of(ipv4, ipv6_text, st.binary(min_size=3, max_size=17)), max_size=3),
     st.one_of(names, ipv4, ipv6_text, ipv6_text.map(lambda s: f"[{s}]")),
 )
-def test_verify_names_agrees(dns: list[str], cns: list[str], ips: list[Any], reference: str) -> None:
+def test_verify_names_agrees(
+    dns: list[str], cns: list[str], ips: list[Any], reference: str
+) -> None:
     same("verify_names", dns, cns, ips, reference)

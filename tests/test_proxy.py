@@ -73,7 +73,12 @@ def test_trailing_bytes_untouched(case: dict[str, Any]) -> None:
     data = _input(case)
     consumed = case["header"]["consumed"]
     header = data[:consumed]
-    for tail in (b"EHLO x\r\n", b"\r\n\r\n\0\r\nQUIT\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", bytes(300)):
+    for tail in (
+        b"EHLO x\r\n",
+        b"\r\n\r\n\0\r\nQUIT\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        bytes(300),
+    ):
         h = proxy.parse_header(header + tail)
         assert h.consumed == consumed
         assert (header + tail)[h.consumed :] == tail
@@ -178,11 +183,19 @@ def test_build_parses_back(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
         ((3,), {}, "version must be 1 or 2, not 3"),
         ((1, "LOCAL"), {}, "version 1 has no LOCAL command"),
         ((1, "PROXY"), {"tlvs": [(1, b"x")]}, "version 1 carries no TLVs"),
-        ((1, "PROXY", ("/a", None), ("/b", None)), {}, "version 1 carries only TCP over IPv4 or IPv6"),
+        (
+            (1, "PROXY", ("/a", None), ("/b", None)),
+            {},
+            "version 1 carries only TCP over IPv4 or IPv6",
+        ),
         ((2, "PROXY", ("1.2.3.4", 1), ("::1", 2)), {}, "different address families"),
         ((2, "PROXY", ("1.2.3.4", 1), None), {}, "give both source and destination"),
         ((2, "PROXY", ("1.2.3.04", 1), ("1.2.3.5", 2)), {}, "invalid IP address '1.2.3.04'"),
-        ((2, "PROXY", ("1.2.3.4", 70000), ("1.2.3.5", 2)), {}, "port 70000 is out of range 0-65535"),
+        (
+            (2, "PROXY", ("1.2.3.4", 70000), ("1.2.3.5", 2)),
+            {},
+            "port 70000 is out of range 0-65535",
+        ),
         ((2, "HELLO"), {}, "command must be 'PROXY' or 'LOCAL', not 'HELLO'"),
         ((2, "PROXY"), {"protocol": "SCTP"}, "protocol must be"),
         ((2, "PROXY"), {"tlvs": [(256, b"")]}, "TLV type 256 is out of range 0-255"),

@@ -87,4 +87,7 @@ def test_command_value_semantics() -> None:
     assert a.path == b.path and hash(a.path) == hash(b.path)
     assert a != b  # the argument differs
     assert repr(a.path) == "Path(local_part='a', domain='b')"
-    assert repr(smtpline.parse_reply(b"250 ok")) == "Reply(code=250, last=True, status=None, text='ok')"
+    assert (
+        repr(smtpline.parse_reply(b"250 ok"))
+        == "Reply(code=250, last=True, status=None, text='ok')"
+    )

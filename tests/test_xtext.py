@@ -36,7 +36,9 @@ def test_utf8_addr(case: dict[str, Any]) -> None:
     assert xtext.encode_utf8_addr(case["address"]).isascii()
 
 
-@pytest.mark.parametrize("case", V["utf8_addr_errors"], ids=[c["encoded"] for c in V["utf8_addr_errors"]])
+@pytest.mark.parametrize(
+    "case", V["utf8_addr_errors"], ids=[c["encoded"] for c in V["utf8_addr_errors"]]
+)
 def test_utf8_addr_errors(case: dict[str, Any]) -> None:
     with pytest.raises(XtextError) as err:
         xtext.decode_utf8_addr(case["encoded"])

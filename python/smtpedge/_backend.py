@@ -21,7 +21,7 @@ def _select() -> tuple[str, ModuleType]:
     if wanted == "python":
         return "python", _pure
     try:
-        from smtpedge import _native
+        import smtpedge._native as _native
     except ImportError as exc:
         if wanted == "rust":
             raise ImportError(

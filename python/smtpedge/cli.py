@@ -6,8 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from smtpedge import BACKEND, BUILD_PROFILE, __version__
-from smtpedge import certnames, data, proxy, smtpline, xtext
+from smtpedge import BACKEND, BUILD_PROFILE, __version__, certnames, data, proxy, smtpline, xtext
 from smtpedge.errors import SmtpedgeError
 
 
@@ -36,7 +35,9 @@ def _demo() -> int:
         out(f"  a bad v1 header is refused: {exc}\n")
     out("\n")
 
-    cmd = smtpline.parse_command(b"MAIL FROM:<j.doe@example.org> SIZE=1024 RET=HDRS ENVID=Q+2B1\r\n")
+    cmd = smtpline.parse_command(
+        b"MAIL FROM:<j.doe@example.org> SIZE=1024 RET=HDRS ENVID=Q+2B1\r\n"
+    )
     out("SMTP command:\n")
     out(f"  {cmd.verb} path={cmd.path.mailbox if cmd.path else None!r} params={cmd.params}\n")
     try:
@@ -44,7 +45,8 @@ def _demo() -> int:
     except SmtpedgeError as exc:
         out(f"  a bad address is refused with: {exc}\n")
     reply = smtpline.parse_reply(b"250-2.1.5 Recipient ok\r\n")
-    out(f"  reply: code {reply.code} status {reply.status} last {reply.last} text {reply.text!r}\n\n")
+    out(f"  reply: code {reply.code} status {reply.status} last {reply.last} ")
+    out(f"text {reply.text!r}\n\n")
 
     out("DATA stream (smuggling payload \\n.\\r\\n does not end the message):\n")
     scanner = data.DataScanner(max_size=1_000_000)
@@ -67,7 +69,9 @@ def _demo() -> int:
         ("*.com", "example.com"),
         ("*.b\u00fccher.example", "mx.xn--bcher-kva.example"),
     ]:
-        out(f"  match_hostname({pattern!r}, {host!r}) = {certnames.match_hostname(pattern, host)}\n")
+        out(
+            f"  match_hostname({pattern!r}, {host!r}) = {certnames.match_hostname(pattern, host)}\n"
+        )
     return 0
 
 

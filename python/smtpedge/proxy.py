@@ -68,7 +68,10 @@ def ssl_tlv(
         (PP2_SUBTYPE_SSL_SIG_ALG, sig_alg.encode("ascii") if sig_alg is not None else None),
         (PP2_SUBTYPE_SSL_KEY_ALG, key_alg.encode("ascii") if key_alg is not None else None),
         (PP2_SUBTYPE_SSL_GROUP, group.encode("ascii") if group is not None else None),
-        (PP2_SUBTYPE_SSL_SIG_SCHEME, sig_scheme.encode("ascii") if sig_scheme is not None else None),
+        (
+            PP2_SUBTYPE_SSL_SIG_SCHEME,
+            sig_scheme.encode("ascii") if sig_scheme is not None else None,
+        ),
         (PP2_SUBTYPE_SSL_CLIENT_CERT, client_cert),
     ]
     for kind, value in subs:

@@ -8,8 +8,14 @@ from smtpedge._pure.proxy import ProxyHeader, SSLInfo, build_header, parse_heade
 from smtpedge._pure.smtpline import Command, Path, Reply, parse_command, parse_reply
 from smtpedge._pure.xtext import (
     decode as xtext_decode,
+)
+from smtpedge._pure.xtext import (
     decode_utf8_addr as utf8_addr_decode,
+)
+from smtpedge._pure.xtext import (
     encode as xtext_encode,
+)
+from smtpedge._pure.xtext import (
     encode_utf8_addr as utf8_addr_encode,
 )
 

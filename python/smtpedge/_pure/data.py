@@ -36,7 +36,16 @@ class DataScanner:
     ``error`` is the DataError to answer with, or None.
     """
 
-    __slots__ = ("_state", "_reject", "_max_size", "_size", "_consumed", "_failure", "_error", "_remainder")
+    __slots__ = (
+        "_consumed",
+        "_error",
+        "_failure",
+        "_max_size",
+        "_reject",
+        "_remainder",
+        "_size",
+        "_state",
+    )
 
     def __init__(self, max_size: int | None = None, *, bare_newline: str = "reject") -> None:
         if bare_newline not in ("reject", "normalize"):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from smtpedge.errors import IncompleteHeader, ProxyProtocolError
 from smtpedge._pure.crc32c import crc32c
 from smtpedge._pure.ip import format_ip, parse_ip, parse_ipv4, parse_ipv6
+from smtpedge.errors import IncompleteHeader, ProxyProtocolError
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX_LENGTH = 107
@@ -142,7 +142,7 @@ class ProxyHeader:
         return None if v is None else parse_ssl(v)
 
 
-def parse_header(data: bytes, *, max_length: int = DEFAULT_MAX_LENGTH) -> ProxyHeader:
+def parse_header(data: bytes | bytearray, *, max_length: int = DEFAULT_MAX_LENGTH) -> ProxyHeader:
     """Parse one PROXY header (v1 or v2) at the start of ``data``.
 
     Raises IncompleteHeader when ``data`` is a valid prefix, ProxyProtocolError

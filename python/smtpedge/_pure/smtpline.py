@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smtpedge.errors import ReplySyntaxError, SMTPSyntaxError
 from smtpedge._pure.ip import parse_ipv6
+from smtpedge.errors import ReplySyntaxError, SMTPSyntaxError
 
 MAX_PATH = 256
 MAX_LOCAL_PART = 64
@@ -157,7 +157,7 @@ def _parse_bdat(arg: bytes, astart: int) -> tuple[int, bool]:
 
 
 class _Role:
-    __slots__ = ("mail", "status", "name")
+    __slots__ = ("mail", "name", "status")
 
     def __init__(self, mail: bool) -> None:
         self.mail = mail
@@ -191,7 +191,9 @@ def _parse_mail_rcpt(
     return path, params
 
 
-_ATEXT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+_ATEXT = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
 _LETDIG = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -233,7 +235,12 @@ def _parse_path(s: bytes, start: int, role: _Role, smtputf8: bool) -> tuple[Path
         if role.mail:
             return Path("", ""), p + 1
         raise role.bad(p, "empty recipient")
-    if not role.mail and n >= p + 11 and s[p : p + 10].lower() == b"postmaster" and s[p + 10] == 0x3E:
+    if (
+        not role.mail
+        and n >= p + 11
+        and s[p : p + 10].lower() == b"postmaster"
+        and s[p + 10] == 0x3E
+    ):
         return Path(s[p : p + 10].decode("ascii"), ""), p + 11
     if p < n and s[p] == 0x40:  # '@': source route, accepted and dropped
         while True:

@@ -97,9 +97,7 @@ def decode_utf8_addr(text: str) -> str:
                 raise XtextError("\\x{...} escape is not in shortest form", i)
             v = int(digits, 16)
             if not _escapable(v):
-                raise XtextError(
-                    "\\x{...} escape of a character that needs none or is invalid", i
-                )
+                raise XtextError("\\x{...} escape of a character that needs none or is invalid", i)
             out.append(chr(v))
             i = j + 1
         elif b < 0x80:

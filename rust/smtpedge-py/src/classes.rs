@@ -58,7 +58,7 @@ fn tlv_tuple<'py>(py: Python<'py>, tlvs: &[(u8, Py<PyBytes>)]) -> PyResult<Bound
     PyTuple::new(py, tlvs.iter().map(|(k, v)| (*k, v.clone_ref(py))))
 }
 
-fn first<'a>(tlvs: &'a [(u8, Py<PyBytes>)], kind: u8) -> Option<&'a Py<PyBytes>> {
+fn first(tlvs: &[(u8, Py<PyBytes>)], kind: u8) -> Option<&Py<PyBytes>> {
     tlvs.iter().find(|(k, _)| *k == kind).map(|(_, v)| v)
 }
 

@@ -7,7 +7,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString};
 
 use smtpedge_core::ip::IpBytes;
 use smtpedge_core::{certnames, crc32c, data, proxy, smtpline, xtext, Error, ErrorKind};
@@ -40,7 +40,7 @@ pub(crate) fn to_py_err(e: Error) -> PyErr {
 
 /// Parse one PROXY header (v1 or v2) at the start of `data`.
 #[pyfunction]
-#[pyo3(signature = (data, *, max_length = proxy::DEFAULT_MAX_LENGTH))]
+#[pyo3(signature = (data, *, max_length = 4096))]
 fn parse_header(py: Python<'_>, data: PyBackedBytes, max_length: usize) -> PyResult<ProxyHeader> {
     let h = proxy::parse(&data, max_length).map_err(to_py_err)?;
     ProxyHeader::from_core(py, &h)
@@ -118,7 +118,7 @@ fn py_crc32c(data: PyBackedBytes) -> u32 {
 
 /// Parse one SMTP command line; raise SMTPSyntaxError carrying the reply.
 #[pyfunction]
-#[pyo3(signature = (line, *, smtputf8 = false, max_length = smtpline::DEFAULT_MAX_LINE))]
+#[pyo3(signature = (line, *, smtputf8 = false, max_length = 2048))]
 fn parse_command(
     py: Python<'_>,
     line: PyBackedBytes,
@@ -332,6 +332,10 @@ fn verify_names(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Literal defaults in the signatures above keep the text signatures (and
+    // the stub) readable; make sure they match the core's constants.
+    debug_assert_eq!(proxy::DEFAULT_MAX_LENGTH, 4096);
+    debug_assert_eq!(smtpline::DEFAULT_MAX_LINE, 2048);
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
@@ -356,6 +360,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(utf8_addr_decode, m)?)?;
     m.add_function(wrap_pyfunction!(match_hostname, m)?)?;
     m.add_function(wrap_pyfunction!(verify_names, m)?)?;
-    let _ = PyTuple::empty(m.py());
     Ok(())
 }
