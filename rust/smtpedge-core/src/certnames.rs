@@ -6,22 +6,17 @@
 
 use crate::ip::IpBytes;
 
-/// Lower-cased labels of a name with one trailing dot removed, or `None` when
-/// the name cannot match anything (empty, empty label, control or non-ASCII
-/// characters).
-fn labels(name: &str) -> Option<Vec<String>> {
+/// The name with one trailing dot removed, or `None` when it cannot match
+/// anything (empty, an empty label, control, space or non-ASCII characters).
+fn clean(name: &str) -> Option<&str> {
     if name.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
         return None;
     }
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() {
+    if name.is_empty() || name.starts_with('.') || name.ends_with('.') || name.contains("..") {
         return None;
     }
-    let out: Vec<String> = name.split('.').map(|l| l.to_ascii_lowercase()).collect();
-    if out.iter().any(String::is_empty) {
-        return None;
-    }
-    Some(out)
+    Some(name)
 }
 
 /// Whether the presented identifier `pattern` (a SAN dNSName or CN) matches the
@@ -33,25 +28,26 @@ fn labels(name: &str) -> Option<Vec<String>> {
 /// address as hostname never matches a name (RFC 6125 section 6.2.1 keeps IP
 /// references to IP SANs).
 pub fn match_hostname(pattern: &str, hostname: &str) -> bool {
-    let (Some(p), Some(h)) = (labels(pattern), labels(hostname)) else {
+    let (Some(p), Some(h)) = (clean(pattern), clean(hostname)) else {
         return false;
     };
-    if h.iter().any(|l| l.contains('*')) || is_ip_text(hostname) {
+    if h.contains('*') || is_ip_text(hostname) {
         return false;
     }
-    if p.len() != h.len() {
-        return false;
-    }
-    if p[0] == "*" {
-        if p.len() < 3 || p[1..].iter().any(|l| l.contains('*')) || h[0].starts_with("xn--") {
-            return false;
+    match p.strip_prefix("*.") {
+        Some(rest) => {
+            // Wildcard: rest must hold at least two labels and no other `*`,
+            // and match everything after the reference's first label.
+            let Some((first, h_rest)) = h.split_once('.') else {
+                return false;
+            };
+            rest.contains('.')
+                && !rest.contains('*')
+                && !first.as_bytes()[..first.len().min(4)].eq_ignore_ascii_case(b"xn--")
+                && rest.eq_ignore_ascii_case(h_rest)
         }
-        return p[1..] == h[1..];
+        None => !p.contains('*') && p.eq_ignore_ascii_case(h),
     }
-    if p.iter().any(|l| l.contains('*')) {
-        return false;
-    }
-    p == h
 }
 
 fn is_ip_text(s: &str) -> bool {

@@ -170,10 +170,23 @@ pub fn format_ipv6(a: &[u8; 16]) -> String {
         if k > 0 && k != best_start + best_len {
             out.push(':');
         }
-        out.push_str(&format!("{:x}", w[k]));
+        push_hex(&mut out, w[k]);
         k += 1;
     }
     out
+}
+
+/// Lower-case hex of a group, without leading zeros.
+fn push_hex(out: &mut String, v: u16) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut started = false;
+    for shift in [12u16, 8, 4, 0] {
+        let d = ((v >> shift) & 0xF) as usize;
+        if d != 0 || started || shift == 0 {
+            out.push(HEX[d] as char);
+            started = true;
+        }
+    }
 }
 
 /// Either kind of address, as raw bytes.

@@ -54,26 +54,63 @@ macro_rules! value_object {
     };
 }
 
-fn tlv_tuple<'py>(py: Python<'py>, tlvs: &[(u8, Py<PyBytes>)]) -> PyResult<Bound<'py, PyTuple>> {
-    PyTuple::new(py, tlvs.iter().map(|(k, v)| (*k, v.clone_ref(py))))
+/// TLVs kept as spans of the header's own bytes: Python objects are made
+/// only when asked for.
+struct Tlvs {
+    raw: Vec<u8>,
+    spans: Vec<(u8, u32, u32)>,
 }
 
-fn first(tlvs: &[(u8, Py<PyBytes>)], kind: u8) -> Option<&Py<PyBytes>> {
-    tlvs.iter().find(|(k, _)| *k == kind).map(|(_, v)| v)
+impl Tlvs {
+    fn new(base: &[u8], tlvs: &[proxy::Tlv<'_>]) -> Self {
+        let origin = base.as_ptr() as usize;
+        let spans = tlvs
+            .iter()
+            .map(|t| {
+                let start = t.value.as_ptr() as usize - origin;
+                (t.kind, start as u32, t.value.len() as u32)
+            })
+            .collect();
+        Tlvs {
+            raw: base.to_vec(),
+            spans,
+        }
+    }
+
+    fn value(&self, span: &(u8, u32, u32)) -> &[u8] {
+        &self.raw[span.1 as usize..(span.1 + span.2) as usize]
+    }
+
+    fn first(&self, kind: u8) -> Option<&[u8]> {
+        self.spans
+            .iter()
+            .find(|s| s.0 == kind)
+            .map(|s| self.value(s))
+    }
+
+    fn bytes(&self, py: Python<'_>, kind: u8) -> Option<Py<PyBytes>> {
+        self.first(kind).map(|v| PyBytes::new(py, v).unbind())
+    }
+
+    fn text(&self, kind: u8) -> Option<String> {
+        // Values were checked to be UTF-8 (or ASCII) when the header was parsed.
+        self.first(kind)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(
+            py,
+            self.spans
+                .iter()
+                .map(|s| (s.0, PyBytes::new(py, self.value(s)))),
+        )
+    }
 }
 
-fn first_text(py: Python<'_>, tlvs: &[(u8, Py<PyBytes>)], kind: u8) -> Option<String> {
-    // Values were checked to be UTF-8 (or ASCII) when the header was parsed.
-    first(tlvs, kind).map(|v| String::from_utf8_lossy(v.as_bytes(py)).into_owned())
+fn endpoint(e: &Option<proxy::Endpoint>) -> Option<(String, Option<u16>)> {
+    e.as_ref().map(proxy::endpoint_text)
 }
-
-fn own_tlvs(py: Python<'_>, tlvs: &[proxy::Tlv<'_>]) -> Vec<(u8, Py<PyBytes>)> {
-    tlvs.iter()
-        .map(|t| (t.kind, PyBytes::new(py, t.value).unbind()))
-        .collect()
-}
-
-type PyEndpoint = (String, Option<u16>);
 
 /// A parsed PROXY header.
 #[pyclass(frozen, module = "smtpedge._native")]
@@ -82,26 +119,26 @@ pub struct ProxyHeader {
     command: &'static str,
     family: &'static str,
     protocol: &'static str,
-    source: Option<PyEndpoint>,
-    destination: Option<PyEndpoint>,
-    tlvs: Vec<(u8, Py<PyBytes>)>,
+    source: Option<proxy::Endpoint>,
+    destination: Option<proxy::Endpoint>,
+    tlvs: Tlvs,
     crc32c: bool,
     consumed: usize,
 }
 
 impl ProxyHeader {
-    pub fn from_core(py: Python<'_>, h: &proxy::Header<'_>) -> PyResult<Self> {
-        Ok(ProxyHeader {
+    pub fn from_core(data: &[u8], h: proxy::Header<'_>) -> Self {
+        ProxyHeader {
             version: h.version,
             command: h.command.name(),
             family: h.family.name(),
             protocol: h.protocol.name(),
-            source: h.source.as_ref().map(proxy::endpoint_text),
-            destination: h.destination.as_ref().map(proxy::endpoint_text),
-            tlvs: own_tlvs(py, &h.tlvs),
+            tlvs: Tlvs::new(&data[..h.consumed], &h.tlvs),
+            source: h.source,
+            destination: h.destination,
             crc32c: h.crc32c,
             consumed: h.consumed,
-        })
+        }
     }
 
     fn fields<'py>(&self, py: Python<'py>) -> PyResult<Fields<'py>> {
@@ -110,12 +147,15 @@ impl ProxyHeader {
             ("command", self.command.into_pyobject(py)?.into_any()),
             ("family", self.family.into_pyobject(py)?.into_any()),
             ("protocol", self.protocol.into_pyobject(py)?.into_any()),
-            ("source", self.source.clone().into_pyobject(py)?.into_any()),
+            (
+                "source",
+                endpoint(&self.source).into_pyobject(py)?.into_any(),
+            ),
             (
                 "destination",
-                self.destination.clone().into_pyobject(py)?.into_any(),
+                endpoint(&self.destination).into_pyobject(py)?.into_any(),
             ),
-            ("tlvs", tlv_tuple(py, &self.tlvs)?.into_any()),
+            ("tlvs", self.tlvs.tuple(py)?.into_any()),
             (
                 "crc32c",
                 self.crc32c.into_pyobject(py)?.to_owned().into_any(),
@@ -146,16 +186,16 @@ impl ProxyHeader {
         self.protocol
     }
     #[getter]
-    fn source(&self) -> Option<PyEndpoint> {
-        self.source.clone()
+    fn source(&self) -> Option<(String, Option<u16>)> {
+        endpoint(&self.source)
     }
     #[getter]
-    fn destination(&self) -> Option<PyEndpoint> {
-        self.destination.clone()
+    fn destination(&self) -> Option<(String, Option<u16>)> {
+        endpoint(&self.destination)
     }
     #[getter]
     fn tlvs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        tlv_tuple(py, &self.tlvs)
+        self.tlvs.tuple(py)
     }
     #[getter]
     fn crc32c(&self) -> bool {
@@ -167,30 +207,30 @@ impl ProxyHeader {
     }
     #[getter]
     fn alpn(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
-        first(&self.tlvs, proxy::PP2_TYPE_ALPN).map(|v| v.clone_ref(py))
+        self.tlvs.bytes(py, proxy::PP2_TYPE_ALPN)
     }
     #[getter]
-    fn authority(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_TYPE_AUTHORITY)
+    fn authority(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_TYPE_AUTHORITY)
     }
     #[getter]
     fn unique_id(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
-        first(&self.tlvs, proxy::PP2_TYPE_UNIQUE_ID).map(|v| v.clone_ref(py))
+        self.tlvs.bytes(py, proxy::PP2_TYPE_UNIQUE_ID)
     }
     #[getter]
-    fn netns(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_TYPE_NETNS)
+    fn netns(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_TYPE_NETNS)
     }
     #[getter]
-    fn ssl(&self, py: Python<'_>) -> PyResult<Option<SSLInfo>> {
-        let Some(v) = first(&self.tlvs, proxy::PP2_TYPE_SSL) else {
+    fn ssl(&self) -> PyResult<Option<SSLInfo>> {
+        let Some(v) = self.tlvs.first(proxy::PP2_TYPE_SSL) else {
             return Ok(None);
         };
-        let info = proxy::parse_ssl(v.as_bytes(py)).map_err(crate::to_py_err)?;
+        let info = proxy::parse_ssl(v).map_err(crate::to_py_err)?;
         Ok(Some(SSLInfo {
             client: info.client,
             verify: info.verify,
-            tlvs: own_tlvs(py, &info.tlvs),
+            tlvs: Tlvs::new(v, &info.tlvs),
         }))
     }
 }
@@ -200,7 +240,7 @@ impl ProxyHeader {
 pub struct SSLInfo {
     client: u8,
     verify: u32,
-    tlvs: Vec<(u8, Py<PyBytes>)>,
+    tlvs: Tlvs,
 }
 
 impl SSLInfo {
@@ -208,7 +248,7 @@ impl SSLInfo {
         Ok(vec![
             ("client", self.client.into_pyobject(py)?.into_any()),
             ("verify", self.verify.into_pyobject(py)?.into_any()),
-            ("tlvs", tlv_tuple(py, &self.tlvs)?.into_any()),
+            ("tlvs", self.tlvs.tuple(py)?.into_any()),
         ])
     }
 }
@@ -227,39 +267,39 @@ impl SSLInfo {
     }
     #[getter]
     fn tlvs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        tlv_tuple(py, &self.tlvs)
+        self.tlvs.tuple(py)
     }
     #[getter]
-    fn version(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_VERSION)
+    fn version(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_VERSION)
     }
     #[getter]
-    fn cn(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_CN)
+    fn cn(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_CN)
     }
     #[getter]
-    fn cipher(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_CIPHER)
+    fn cipher(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_CIPHER)
     }
     #[getter]
-    fn sig_alg(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_SIG_ALG)
+    fn sig_alg(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_SIG_ALG)
     }
     #[getter]
-    fn key_alg(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_KEY_ALG)
+    fn key_alg(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_KEY_ALG)
     }
     #[getter]
-    fn group(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_GROUP)
+    fn group(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_GROUP)
     }
     #[getter]
-    fn sig_scheme(&self, py: Python<'_>) -> Option<String> {
-        first_text(py, &self.tlvs, proxy::PP2_SUBTYPE_SSL_SIG_SCHEME)
+    fn sig_scheme(&self) -> Option<String> {
+        self.tlvs.text(proxy::PP2_SUBTYPE_SSL_SIG_SCHEME)
     }
     #[getter]
     fn client_cert(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
-        first(&self.tlvs, proxy::PP2_SUBTYPE_SSL_CLIENT_CERT).map(|v| v.clone_ref(py))
+        self.tlvs.bytes(py, proxy::PP2_SUBTYPE_SSL_CLIENT_CERT)
     }
 }
 

@@ -41,9 +41,9 @@ pub(crate) fn to_py_err(e: Error) -> PyErr {
 /// Parse one PROXY header (v1 or v2) at the start of `data`.
 #[pyfunction]
 #[pyo3(signature = (data, *, max_length = 4096))]
-fn parse_header(py: Python<'_>, data: PyBackedBytes, max_length: usize) -> PyResult<ProxyHeader> {
+fn parse_header(data: PyBackedBytes, max_length: usize) -> PyResult<ProxyHeader> {
     let h = proxy::parse(&data, max_length).map_err(to_py_err)?;
-    ProxyHeader::from_core(py, &h)
+    Ok(ProxyHeader::from_core(&data, h))
 }
 
 type PyEndpoint = (String, Option<i64>);
