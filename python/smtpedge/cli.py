@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -82,9 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("demo", help="show the protocol hot paths at work on sample input")
     sub.add_parser("info", help="print the version and the backend in use")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo()
-    print(f"smtpedge {__version__} backend={BACKEND} build={BUILD_PROFILE}")
+    try:
+        if args.command == "demo":
+            return _demo()
+        print(f"smtpedge {__version__} backend={BACKEND} build={BUILD_PROFILE}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (smtpedge demo | head): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
