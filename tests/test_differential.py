@@ -368,3 +368,35 @@ def test_verify_names_agrees(
     dns: list[str], cns: list[str], ips: list[Any], reference: str
 ) -> None:
     same("verify_names", dns, cns, ips, reference)
+
+
+# --- argument types ------------------------------------------------------------
+
+WRONG = ["text", b"bytes", memoryview(b"view"), 12, None, ["list"]]
+CALLS: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("parse_header", lambda m, v: m.parse_header(v)),
+    ("parse_command", lambda m, v: m.parse_command(v)),
+    ("parse_reply", lambda m, v: m.parse_reply(v)),
+    ("dot_stuff", lambda m, v: m.dot_stuff(v)),
+    ("feed", lambda m, v: m.DataScanner().feed(v)),
+    ("crc32c", lambda m, v: m.crc32c(v)),
+    ("xtext_encode", lambda m, v: m.xtext_encode(v)),
+    ("xtext_decode", lambda m, v: m.xtext_decode(v)),
+    ("utf8_addr_encode", lambda m, v: m.utf8_addr_encode(v)),
+    ("utf8_addr_decode", lambda m, v: m.utf8_addr_decode(v)),
+    ("match_hostname", lambda m, v: m.match_hostname(v, "a.example")),
+    ("verify_names", lambda m, v: m.verify_names([v], [], [], "a.example")),
+    ("verify_names seq", lambda m, v: m.verify_names(v, [], [], "a.example")),
+    ("verify_names ips", lambda m, v: m.verify_names([], [], v, "192.0.2.1")),
+]
+
+
+def test_argument_types_agree() -> None:
+    """Both backends accept and refuse the same argument types."""
+    for name, call in CALLS:
+        for value in WRONG:
+            r = outcome(call, _native, value)
+            p = outcome(call, _pure, value)
+            assert r[0] == p[0], (name, value, r, p)
+            if r[0] == "raise":
+                assert r[1] is p[1], (name, value, r, p)

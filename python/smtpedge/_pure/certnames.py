@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from smtpedge._idna import to_ascii
+from smtpedge._pure._args import as_str
 from smtpedge._pure.ip import parse_ip
 
 _PRINTABLE = frozenset(range(0x21, 0x7F))
@@ -62,6 +63,8 @@ def match_hostname(pattern: str, hostname: str) -> bool:
     the reference ``hostname``: case-insensitive, one trailing dot ignored, a
     ``*`` only as the whole left-most label of a 3+ label name, never over an
     ``xn--`` label."""
+    pattern = as_str(pattern, "pattern")
+    hostname = as_str(hostname, "hostname")
     if not pattern.isascii():
         converted = to_ascii(pattern)
         if converted is None:
@@ -94,6 +97,16 @@ def verify_names(
     """Whether a certificate's identifiers are valid for ``reference``: an IP
     reference only against IP SANs (text or 4/16 raw bytes); a name against
     the SAN dNSNames, or the common names only when there is no dNSName."""
+    reference = as_str(reference, "reference")
+    for seq, label in (
+        (dns_names, "dns_names"),
+        (common_names, "common_names"),
+        (ip_addresses, "ip_addresses"),
+    ):
+        if isinstance(seq, str | bytes):
+            raise TypeError(f"argument '{label}': expected a sequence, not {type(seq).__name__}")
+    dns_names = [as_str(n, "dns_names") for n in dns_names]
+    common_names = [as_str(n, "common_names") for n in common_names]
     for a in ip_addresses:
         if not isinstance(a, str | bytes):
             raise TypeError("ip_addresses must hold str or bytes")

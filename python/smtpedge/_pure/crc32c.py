@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from smtpedge._pure._args import as_bytes
+
 
 def _table() -> tuple[int, ...]:
     out = []
@@ -18,6 +20,7 @@ _TABLE = _table()
 
 def crc32c(data: bytes) -> int:
     """CRC-32C of ``data``."""
+    data = as_bytes(data, "data")
     crc = 0xFFFFFFFF
     table = _TABLE
     for b in data:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from smtpedge._pure._args import as_bytes
 from smtpedge.errors import DataError
 
 _NEWLINE = re.compile(rb"[\r\n]")
@@ -101,7 +102,7 @@ class DataScanner:
     def feed(self, data: bytes) -> bytes:
         if self._state == _DONE:
             raise ValueError("the DATA scanner has already seen the end of data")
-        data = bytes(data)
+        data = as_bytes(data, "data")
         out: list[bytes] = []
         base = self._consumed
         n = len(data)
@@ -178,7 +179,7 @@ def dot_stuff(content: bytes) -> bytes:
     """Content ready to send after DATA: CRLF line endings (bare CR or LF made
     CRLF), a final CRLF when missing, a "." before each line starting with ".",
     and the "." CRLF terminator."""
-    content = bytes(content)
+    content = as_bytes(content, "content")
     out: list[bytes] = []
     at_line_start = True
     i = 0

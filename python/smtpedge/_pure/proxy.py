@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from smtpedge._pure._args import as_bytes
 from smtpedge._pure.crc32c import crc32c
 from smtpedge._pure.ip import format_ip, parse_ip, parse_ipv4, parse_ipv6
 from smtpedge.errors import IncompleteHeader, ProxyProtocolError
@@ -148,7 +149,7 @@ def parse_header(data: bytes | bytearray, *, max_length: int = DEFAULT_MAX_LENGT
     Raises IncompleteHeader when ``data`` is a valid prefix, ProxyProtocolError
     when it cannot be one. Never reads past the header: see ``consumed``.
     """
-    data = bytes(data)
+    data = as_bytes(data, "data")
     if not data:
         raise IncompleteHeader(MIN_LENGTH)
     first = data[0]

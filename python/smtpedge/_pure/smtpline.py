@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smtpedge._pure._args import as_bytes
 from smtpedge._pure.ip import parse_ipv6
 from smtpedge.errors import ReplySyntaxError, SMTPSyntaxError
 
@@ -90,7 +91,7 @@ def parse_command(
 ) -> Command:
     """Parse one command line (with or without CRLF); raise SMTPSyntaxError
     carrying the reply to send when it is not valid."""
-    line = bytes(line)
+    line = as_bytes(line, "line")
     if len(line) > max_length:
         raise SMTPSyntaxError(500, "5.5.2", "Line too long", max_length)
     line = _strip_eol(line)
@@ -394,7 +395,7 @@ def _parse_params(s: bytes, p: int, smtputf8: bool) -> tuple[tuple[str, str | No
 
 def parse_reply(line: bytes) -> Reply:
     """Parse one reply line; an RFC 3463 status code is split off the text."""
-    line = _strip_eol(bytes(line))
+    line = _strip_eol(as_bytes(line, "line"))
     if len(line) < 3:
         raise ReplySyntaxError("reply shorter than its three-digit code", len(line))
     for i, (lo, hi) in enumerate(((0x32, 0x35), (0x30, 0x35), (0x30, 0x39))):

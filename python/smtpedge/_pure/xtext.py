@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from smtpedge._pure._args import as_bytes, as_str
 from smtpedge.errors import XtextError
 
 _XCHAR = frozenset(b for b in range(33, 127) if b not in (0x2B, 0x3D))
@@ -24,11 +25,12 @@ _ESCAPE = re.compile(r"\+([0-9A-F]{2})")
 
 def encode(data: bytes) -> str:
     """Encode bytes as xtext."""
-    return "".join([_ENCODE[b] for b in bytes(data)])
+    return "".join([_ENCODE[b] for b in as_bytes(data, "data")])
 
 
 def decode(text: str) -> bytes:
     """Decode strict xtext; raise XtextError on anything else."""
+    text = as_str(text, "text")
     if _VALID.match(text):
         if "+" not in text:
             return text.encode("ascii")
@@ -58,6 +60,7 @@ def _is_qchar(c: str) -> bool:
 def encode_utf8_addr(address: str, *, unitext: bool = False) -> str:
     """Encode an address as utf-8-addr-xtext (every non-ASCII character
     escaped) or, with ``unitext``, utf-8-addr-unitext."""
+    address = as_str(address, "address")
     out = []
     for c in address:
         if _is_qchar(c) or (unitext and ord(c) >= 0x80):
@@ -75,6 +78,7 @@ def _escapable(v: int) -> bool:
 
 def decode_utf8_addr(text: str) -> str:
     """Decode utf-8-addr-xtext or utf-8-addr-unitext back to the address."""
+    text = as_str(text, "text")
     if not text:
         raise XtextError("empty utf-8-addr-xtext", 0)
     s = text.encode("utf-8", "surrogatepass")
