@@ -44,7 +44,8 @@ def test_closed_pipe_is_not_a_crash() -> None:
         stderr=subprocess.PIPE,
     )
     assert p.stdout is not None and p.stderr is not None
-    p.stdout.read(10)
+    # Close our end before the interpreter has started, so its first write
+    # meets a closed pipe.
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 0

@@ -153,8 +153,6 @@ def test_size_limit_keeps_reading_to_the_terminator() -> None:
 def test_dot_stuff(content: bytes, wire: bytes) -> None:
     assert data.dot_stuff(content) == wire
     s = data.DataScanner()
-    assert s.feed(wire) == data.dot_stuff(content)[: s.size] or True
-    s = data.DataScanner()
     back = s.feed(wire)
     assert s.done and s.error is None and s.remainder == b""
     assert data.dot_stuff(back) == wire
