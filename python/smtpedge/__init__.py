@@ -11,4 +11,26 @@ from smtpedge._backend import impl as _impl
 
 BUILD_PROFILE: str = _impl.BUILD_PROFILE
 __version__ = "0.1.0"
-__all__ = ["BACKEND", "BUILD_PROFILE", "__version__"]
+__all__ = [
+    "BACKEND", "BUILD_PROFILE", "Config", "Envelope", "Recipient", "Server", "Session",
+    "__version__",
+]  # fmt: skip
+
+_LAZY = {
+    "Server": "smtpedge.server",
+    "Config": "smtpedge.config",
+    "Session": "smtpedge.session",
+    "Envelope": "smtpedge.session",
+    "Recipient": "smtpedge.session",
+}
+
+
+def __getattr__(name: str) -> object:
+    """``smtpedge.Server`` and friends, imported on first use so that the hot
+    paths stay cheap to import."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smtpedge' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

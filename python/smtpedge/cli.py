@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from smtpedge import BACKEND, BUILD_PROFILE, __version__, certnames, data, proxy, smtpline, xtext
 from smtpedge.errors import SmtpedgeError
+
+if TYPE_CHECKING:
+    from smtpedge.config import Config
 
 
 def _demo() -> int:
@@ -76,16 +80,114 @@ def _demo() -> int:
     return 0
 
 
+def _load_config(args: argparse.Namespace) -> Config:
+    from smtpedge.config import Config
+
+    config = Config.load(args.config) if args.config else Config()
+    overrides: dict[str, object] = {}
+    if getattr(args, "spool_directory", None):
+        overrides["spool_directory"] = args.spool_directory
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
+    if getattr(args, "port", None) is not None:
+        overrides["daemon_smtp_ports"] = [args.port]
+    if getattr(args, "listen", None):
+        overrides["local_interfaces"] = [args.listen]
+    return Config.from_mapping(overrides, config) if overrides else config
+
+
+def _queue(args: argparse.Namespace, config: Config) -> int:
+    from datetime import datetime
+
+    from smtpedge.queue import Queue
+
+    if not (config.spool_path / "queue.db").exists():
+        if args.queue_command == "list":
+            print("queue is empty (no queue in " + str(config.spool_path) + ")")
+            return 0
+        print(f"smtpedge: no queue in {config.spool_path}", file=sys.stderr)
+        return 1
+    q = Queue(config.spool_path, inline_max=config.spool_inline_max)
+    try:
+        if args.queue_command == "list":
+            n = 0
+            for m in q.messages():
+                n += 1
+                when = datetime.fromtimestamp(m.arrival).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{m.id} {m.size:>9} {when} <{m.sender}>")
+                for r in m.recipients:
+                    print(f"          <{r.address}>")
+            print(f"{n} message(s) queued" if n else "queue is empty")
+            return 0
+        msg = q.get(args.id)
+        if msg is None:
+            print(f"smtpedge: no message {args.id} in the queue", file=sys.stderr)
+            return 1
+        if args.queue_command == "remove":
+            q.remove(args.id)
+            print(f"{args.id} removed")
+            return 0
+        print(f"id: {msg.id}")
+        print(f"arrival: {datetime.fromtimestamp(msg.arrival).isoformat()}")
+        print(f"sender: <{msg.sender}>")
+        for k, v in msg.raw_mail_params:
+            print(f"mail parameter: {k}" + ("" if v is None else f"={v}"))
+        print(f"client: {msg.client}")
+        for r in msg.recipients:
+            extra = "".join(f" {k}" + ("" if v is None else f"={v}") for k, v in r.raw_params)
+            print(f"recipient: <{r.address}>{extra}")
+        print(f"size: {msg.size}")
+        print()
+        content = q.content(msg.id) or b""
+        sys.stdout.flush()
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return 0
+    finally:
+        q.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from smtpedge.config import ConfigError
+
     parser = argparse.ArgumentParser(prog="smtpedge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"smtpedge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="show the protocol hot paths at work on sample input")
     sub.add_parser("info", help="print the version and the backend in use")
+    serve = sub.add_parser("serve", help="run the SMTP server (default: 127.0.0.1:2525)")
+    serve.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
+    serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
+    serve.add_argument("--port", type=int, help="listen on this port (overrides the config)")
+    serve.add_argument("--listen", help="listen on this address (overrides the config)")
+    serve.add_argument("--spool-directory", help="data directory (overrides the config)")
+    conf = sub.add_parser("config", help="print the effective configuration as TOML")
+    conf.add_argument("--config", help="TOML configuration file")
+    queue = sub.add_parser("queue", help="look at the queue: list, show ID, remove ID")
+    queue.add_argument("--config", help="TOML configuration file")
+    queue.add_argument("--spool-directory", help="data directory (overrides the config)")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    qsub.add_parser("list", help="one line per message, then its recipients")
+    qsub.add_parser("show", help="envelope and content of one message").add_argument("id")
+    qsub.add_parser("remove", help="delete one message").add_argument("id")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             return _demo()
+        if args.command in ("serve", "config", "queue"):
+            try:
+                config = _load_config(args)
+            except ConfigError as exc:
+                print(f"smtpedge: configuration error: {exc}", file=sys.stderr)
+                return 2
+            if args.command == "config":
+                sys.stdout.write(config.to_toml())
+                return 0
+            if args.command == "queue":
+                return _queue(args, config)
+            from smtpedge.daemon import run
+
+            return run(config)
         print(f"smtpedge {__version__} backend={BACKEND} build={BUILD_PROFILE}")
         sys.stdout.flush()
     except BrokenPipeError:

@@ -1,0 +1,337 @@
+"""Server configuration: every option, its default, and how it is checked.
+
+Options are flat TOML keys named after Exim's options where Exim has one, so
+operators can carry their knowledge over. ``Config.load(path)`` reads a file;
+an unknown option or a bad value fails with a message naming the option.
+``smtpedge config`` prints the effective configuration as TOML.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from smtpedge.hostlist import HostList, HostListError
+from smtpedge.limits import RateLimit, parse_duration
+
+__all__ = ["Config", "ConfigError", "OPTIONS", "parse_size"]
+
+
+class ConfigError(ValueError):
+    """A configuration option with a bad value, or an unknown option."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"option {option}: {message}")
+        self.option = option
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(value: str | int) -> int:
+    """Exim size syntax: ``50M``, ``100K``, ``2G`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number or a string like '50M'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size must not be negative")
+        return value
+    s = value.strip().upper()
+    unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
+    digits = s[: len(s) - len(unit)].strip()
+    if not digits.isdigit():
+        raise ValueError(f"bad size {value!r} (use e.g. 50M, 100K or a number of bytes)")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _hostlist(v: Any) -> HostList:
+    if isinstance(v, HostList):
+        return v
+    if isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+        return HostList(v)
+    raise ValueError("a host list must be a string or an array of strings")
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be an integer")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"must be between {lo} and {hi}" if hi else f"must be at least {lo}")
+        return v
+
+    return conv
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a string")
+    return v
+
+
+def _duration(v: Any) -> float:
+    return parse_duration(v)
+
+
+def _size(v: Any) -> int:
+    return parse_size(v)
+
+
+def _ports(v: Any) -> tuple[int, ...]:
+    items = v if isinstance(v, list) else [v]
+    out = []
+    for p in items:
+        if isinstance(p, str) and p.strip().isdigit():
+            p = int(p)
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 65535:
+            raise ValueError(f"bad port {p!r}")
+        out.append(p)
+    if not out:
+        raise ValueError("at least one port is needed")
+    return tuple(out)
+
+
+def _interfaces(v: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    items = v if isinstance(v, list) else [v]
+    out = []
+    for a in items:
+        if not isinstance(a, str):
+            raise ValueError("interfaces must be strings")
+        try:
+            out.append(str(ipaddress.ip_address(a.strip().strip("[]"))))
+        except ValueError:
+            raise ValueError(f"bad interface address {a!r}") from None
+    if not out:
+        raise ValueError("at least one interface is needed")
+    return tuple(out)
+
+
+def _ratelimit(v: Any) -> RateLimit | None:
+    if v in ("", None):
+        return None
+    if isinstance(v, RateLimit):
+        return v
+    return RateLimit.parse(_str(v))
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if v not in choices:
+            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
+        return str(v)
+
+    return conv
+
+
+def _opt(default: Any, conv: Callable[[Any], Any], doc: str, toml: str | None = None) -> Any:
+    return field(default=default, metadata={"conv": conv, "doc": doc, "toml": toml})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The server's configuration. Build one with ``Config.load(path)``,
+    ``Config.from_mapping({...})`` or ``Config(...)`` (values already converted)."""
+
+    primary_hostname: str = _opt(
+        "", _str, "Name in the banner, EHLO reply and Received header (default: this host's FQDN)."
+    )
+    local_interfaces: tuple[str, ...] = _opt(
+        ("127.0.0.1",), _interfaces, "Addresses to listen on.", '["127.0.0.1"]'
+    )
+    daemon_smtp_ports: tuple[int, ...] = _opt(
+        (2525,), _ports, "Ports to listen on (0 picks a free port).", "[2525]"
+    )
+    spool_directory: str = _opt(
+        "./smtpedge-data", _str, "Data directory: queue database, spool files and logs."
+    )
+    log_file_path: str = _opt(
+        "",
+        _str,
+        "Log file (default: log/main.log in the spool directory; '-' for stderr only).",
+    )
+    smtp_banner: str = _opt(
+        "{hostname} ESMTP smtpedge {version}",
+        _str,
+        "Text of the 220 greeting; {hostname} and {version} are replaced.",
+    )
+    workers: int = _opt(
+        1, _int(1, 64), "Worker processes sharing the listening sockets (SO_REUSEPORT)."
+    )
+    event_loop: str = _opt(
+        "auto", _choice("auto", "uvloop", "asyncio"), "auto uses uvloop when it is installed."
+    )
+    smtp_accept_max: int = _opt(
+        1000, _int(0), "Most simultaneous connections per worker (0: no limit)."
+    )
+    smtp_accept_max_per_host: int = _opt(
+        0,
+        _int(0),
+        "Most simultaneous connections per real (proxied) client address (0: no limit).",
+    )
+    smtp_connect_ratelimit: RateLimit | None = _opt(
+        None,
+        _ratelimit,
+        "Per-client connection rate, Exim ratelimit syntax 'N / period / per_conn / strict' "
+        "(empty: no limit); over the limit the client gets 421.",
+        '""',
+    )
+    hosts_proxy: HostList = _opt(
+        HostList(),
+        _hostlist,
+        "Hosts (proxies) whose connections must begin with a PROXY v1 or v2 header.",
+        "[]",
+    )
+    proxy_protocol_timeout: float = _opt(
+        3.0, _duration, "Time from connect for a proxy to send its header.", '"3s"'
+    )
+    smtp_banner_delay: float = _opt(
+        0.0,
+        _duration,
+        "Pause before the banner; a client that talks first is an early talker and is refused.",
+        '"0s"',
+    )
+    smtp_enforce_sync: bool = _opt(
+        True, _bool, "Refuse clients that send before the banner or break pipelining rules."
+    )
+    smtp_receive_timeout: float = _opt(
+        300.0, _duration, "Time to wait for each command line.", '"5m"'
+    )
+    smtp_data_timeout: float = _opt(
+        300.0, _duration, "Time to wait for each piece of message data.", '"5m"'
+    )
+    message_size_limit: int = _opt(
+        50 * 1024**2, _size, "Largest message accepted (advertised with SIZE).", '"50M"'
+    )
+    recipients_max: int = _opt(1000, _int(1), "Most recipients in one transaction.")
+    smtp_max_synprot_errors: int = _opt(
+        3, _int(0), "Syntax or protocol errors before the connection is closed."
+    )
+    smtp_max_unknown_commands: int = _opt(
+        3, _int(0), "Unknown commands before the connection is closed."
+    )
+    smtp_max_line_length: int = _opt(
+        2048, _int(512, 1024 * 1024), "Longest command line accepted, CRLF included."
+    )
+    bare_newline: str = _opt(
+        "reject",
+        _choice("reject", "normalize"),
+        "A bare LF or CR in message data: 'reject' the message (550 5.5.2, against SMTP "
+        "smuggling) or 'normalize' it to CRLF.",
+    )
+    dsn_advertise_hosts: HostList = _opt(
+        HostList(),
+        _hostlist,
+        "Clients offered the DSN extension (default none: success notices leak forwarding).",
+        "[]",
+    )
+    pipelining_advertise_hosts: HostList = _opt(
+        HostList("*"), _hostlist, "Clients offered PIPELINING.", '["*"]'
+    )
+    chunking_advertise_hosts: HostList = _opt(
+        HostList("*"), _hostlist, "Clients offered CHUNKING (BDAT).", '["*"]'
+    )
+    smtputf8_advertise_hosts: HostList = _opt(
+        HostList("*"), _hostlist, "Clients offered SMTPUTF8.", '["*"]'
+    )
+    accept_8bitmime: bool = _opt(True, _bool, "Offer 8BITMIME.")
+    vrfy_hosts: HostList = _opt(
+        HostList(),
+        _hostlist,
+        "Clients that may use VRFY (others get 502); a handle_VRFY hook decides the answer.",
+        "[]",
+    )
+    spool_inline_max: int = _opt(
+        1024 * 1024,
+        _size,
+        "Messages up to this size are stored inside the queue database (one fsync per batch); "
+        "larger ones go to spool files.",
+        '"1M"',
+    )
+    queue_commit_batch: int = _opt(
+        256, _int(1, 100_000), "Most messages made durable in one group commit."
+    )
+
+    @property
+    def hostname(self) -> str:
+        return self.primary_hostname or socket.getfqdn()
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.spool_directory)
+
+    @property
+    def log_path(self) -> Path | None:
+        if self.log_file_path == "-":
+            return None
+        if self.log_file_path:
+            return Path(self.log_file_path)
+        return self.spool_path / "log" / "main.log"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base: Config | None = None) -> Config:
+        """Convert and check raw values (as read from TOML) on top of ``base``."""
+        known = {f.name: f for f in fields(cls)}
+        converted: dict[str, Any] = {}
+        for key, raw in values.items():
+            f = known.get(key)
+            if f is None:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(key, f"unknown option{hint}")
+            try:
+                converted[key] = f.metadata["conv"](raw)
+            except (ValueError, HostListError) as exc:
+                raise ConfigError(key, str(exc)) from None
+        return replace(base or cls(), **converted)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a TOML configuration file."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data)
+
+    def to_toml(self) -> str:
+        """The configuration as a commented TOML file."""
+        lines = []
+        for f in fields(self):
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, HostList):
+        return "[" + ", ".join(_toml_value(i) for i in v.source) + "]"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    if v is None:
+        return '""'
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(Config))

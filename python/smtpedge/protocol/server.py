@@ -1,0 +1,593 @@
+"""The SMTP server protocol, sans I/O (RFC 5321, with RFC 2920 pipelining,
+RFC 3030 CHUNKING, RFC 3461 DSN, RFC 6531 SMTPUTF8 and the PROXY protocol).
+
+The adapter feeds bytes with ``receive_data``, takes events from
+``next_event`` until it returns None, answers decision events with
+``respond``, and sends ``data_to_send()``. Nothing here touches a socket, a
+clock or a handler, so every rule can be tested on plain bytes.
+
+States:
+
+    PROXY     waiting for the PROXY header (only when the peer is a proxy)
+    GREETING  waiting for the adapter to ``greet`` (limits, banner delay)
+    COMMAND   reading command lines
+    DATA      reading message data up to CRLF.CRLF
+    BDAT      reading a chunk of exactly the announced size
+    CLOSED    nothing more is read; close once output is flushed
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from smtpedge import proxy, smtpline
+from smtpedge.data import DataScanner
+from smtpedge.errors import IncompleteHeader, ProxyProtocolError, SMTPError, SMTPSyntaxError
+from smtpedge.esmtp import Offered, parse_mail_params, parse_rcpt_params
+from smtpedge.protocol import events as ev
+
+__all__ = ["Limits", "Offer", "ServerConnection"]
+
+PROXY, GREETING, COMMAND, DATA, BDAT, CLOSED = (
+    "PROXY", "GREETING", "COMMAND", "DATA", "BDAT", "CLOSED"
+)  # fmt: skip
+
+# RFC 2920 3.1: these commands must be the last in a pipelined group.
+_GROUP_ENDERS = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "STARTTLS", "AUTH", "NOOP"))
+# A bare CR or LF in BDAT content (BDAT has no terminator to smuggle, but the
+# message may be relayed later with DATA).
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HELP = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits that do not depend on who the client is."""
+
+    hostname: str = "localhost"
+    max_line: int = 2048
+    max_errors: int = 3
+    max_unknown: int = 3
+    max_recipients: int = 1000
+    bare_newline: str = "reject"
+    enforce_sync: bool = True
+    proxy_max_length: int = proxy.DEFAULT_MAX_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What this client is offered (decided by the adapter from host lists)."""
+
+    size_limit: int = 50 * 1024 * 1024
+    pipelining: bool = True
+    eightbitmime: bool = True
+    smtputf8: bool = True
+    chunking: bool = True
+    dsn: bool = False
+    starttls: bool = False
+    vrfy: bool = False
+
+    @property
+    def params(self) -> Offered:
+        return Offered(self.size_limit, self.eightbitmime, self.smtputf8, self.dsn)
+
+
+def _reply(code: int, status: str, text: str) -> str:
+    return f"{code} {status} {text}"
+
+
+def _lines(reply: str | Sequence[str]) -> list[str]:
+    if isinstance(reply, str):
+        return [part for part in reply.replace("\r\n", "\n").split("\n") if part]
+    return [str(r) for r in reply]
+
+
+def format_reply(reply: str | Sequence[str]) -> bytes:
+    """Render one reply (a line, or a list of lines) with the right
+    continuation markers and CRLFs."""
+    lines = _lines(reply)
+    if not lines:
+        raise ValueError("empty reply")
+    out = []
+    for i, line in enumerate(lines):
+        code, rest = line[:3], line[4:]
+        if len(line) < 3 or not code.isdigit() or line[3:4] not in ("", " ", "-"):
+            raise ValueError(f"not an SMTP reply line: {line!r}")
+        sep = " " if i == len(lines) - 1 else "-"
+        out.append(f"{code}{sep}{rest}".rstrip() + "\r\n")
+    return "".join(out).encode("utf-8")
+
+
+class ServerConnection:
+    """One SMTP session, server side."""
+
+    __slots__ = (
+        "_bdat_error",
+        "_bdat_failed",
+        "_bdat_last",
+        "_bdat_left",
+        "_bdat_parts",
+        "_bdat_size",
+        "_buf",
+        "_data_parts",
+        "_errors",
+        "_out",
+        "_pending",
+        "_scanner",
+        "_skip_line",
+        "_unknown",
+        "_utf8_txn",
+        "_via_bdat",
+        "esmtp",
+        "helo",
+        "in_transaction",
+        "limits",
+        "offer",
+        "recipients",
+        "state",
+    )
+
+    def __init__(self, limits: Limits | None = None, *, expect_proxy: bool = False) -> None:
+        self.limits = limits or Limits()
+        self.offer = Offer()
+        self.state = PROXY if expect_proxy else GREETING
+        self.helo: str | None = None
+        self.esmtp = False
+        self.in_transaction = False
+        self.recipients = 0
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._pending: ev.Event | None = None
+        self._errors = 0
+        self._unknown = 0
+        self._skip_line = False
+        self._scanner: DataScanner | None = None
+        self._data_parts: list[bytes] = []
+        self._bdat_left = 0
+        self._bdat_size = 0
+        self._bdat_parts: list[bytes] = []
+        self._bdat_failed: SMTPError | None = None
+        self._bdat_error: SMTPError | None = None
+        self._bdat_last = False
+        self._via_bdat = False
+        self._utf8_txn = False
+
+    # -- adapter interface ----------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    @property
+    def waiting(self) -> bool:
+        """True while a decision event awaits ``respond``."""
+        return self._pending is not None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state != CLOSED:
+            self._buf += data
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def greet(self, banner: str, offer: Offer) -> None:
+        """Send the 220 banner and start reading commands."""
+        if self.state != GREETING:
+            raise RuntimeError(f"greet() in state {self.state}")
+        self.offer = offer
+        self._send(f"220 {banner}")
+        self.state = COMMAND
+
+    def refuse(self, reply: str) -> None:
+        """Refuse the connection instead of greeting (e.g. ``421`` limits)."""
+        self._send(reply)
+        self._close()
+
+    def timeout(self) -> None:
+        self._send(_reply(421, "4.4.2", f"{self.limits.hostname} Timeout, closing connection"))
+        self._close()
+
+    def shutdown(self) -> None:
+        self._send(_reply(421, "4.3.2", f"{self.limits.hostname} Service shutting down"))
+        self._close()
+
+    def tls_started(self) -> None:
+        """After a STARTTLS handshake: forget everything said in the clear
+        (RFC 3207 4.2), keep reading commands."""
+        self.helo = None
+        self.esmtp = False
+        self._reset_transaction()
+
+    def respond(self, reply: str | Sequence[str]) -> bool:
+        """Answer the pending decision event; return True if it was accepted
+        (a 2xx reply, 3xx for STARTTLS's 220 too)."""
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError("respond() without a pending event")
+        lines = _lines(reply)
+        data = format_reply(lines)
+        self._pending = None
+        self._out.append(data)
+        ok = lines[0][:1] == "2"
+        if isinstance(pending, ev.Hello):
+            if ok:
+                self._reset_transaction()
+                self.helo = pending.name
+                self.esmtp = pending.extended
+        elif isinstance(pending, ev.MailFrom):
+            if ok:
+                self.in_transaction = True
+                self._utf8_txn = pending.params.smtputf8
+        elif isinstance(pending, ev.RcptTo):
+            if ok:
+                self.recipients += 1
+        elif isinstance(pending, ev.MessageReceived):
+            self._reset_transaction()
+        elif isinstance(pending, ev.StartTLS) and ok:
+            if self._buf:
+                # Plaintext pipelined after STARTTLS must never be read as if
+                # it came over TLS (CVE-2011-0411 and its kin).
+                self._buf.clear()
+        return ok
+
+    def next_event(self) -> ev.Event | None:
+        """The next event, or None when more input (or a ``respond``) is needed."""
+        while self._pending is None:
+            state = self.state
+            if state == COMMAND:
+                if self._skip_line and not self._skip_long_line():
+                    return None
+                nl = self._buf.find(b"\n")
+                if nl < 0:
+                    if len(self._buf) > self.limits.max_line:
+                        self._skip_line = True
+                        self._buf.clear()
+                        return self._violation(
+                            SMTPSyntaxError(500, "5.5.2", "Line too long", self.limits.max_line),
+                            b"",
+                        )
+                    return None
+                line = bytes(self._buf[: nl + 1])
+                del self._buf[: nl + 1]
+                event = self._command(line)
+                if event is not None:
+                    return event
+            elif state == DATA:
+                event = self._data()
+                if event is None:
+                    return None
+                return event
+            elif state == BDAT:
+                event = self._bdat()
+                if event is None and self.state == BDAT:
+                    return None
+                if event is not None:
+                    return event
+            elif state == PROXY:
+                return self._proxy()
+            elif state == GREETING:
+                if self._buf and self.limits.enforce_sync:
+                    preview = bytes(self._buf[:64])
+                    self._send(
+                        _reply(554, "5.5.0", "SMTP synchronization error: sent before the banner")
+                    )
+                    self._close()
+                    return ev.EarlyTalker(preview)
+                return None
+            else:
+                return None
+        return None
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _send(self, reply: str | Sequence[str]) -> None:
+        self._out.append(format_reply(reply))
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._buf.clear()
+        self._pending = None
+
+    def _reset_transaction(self) -> None:
+        self.in_transaction = False
+        self.recipients = 0
+        self._utf8_txn = False
+        self._via_bdat = False
+        self._bdat_parts = []
+        self._bdat_size = 0
+        self._bdat_failed = None
+
+    def _decide(self, event: ev.Event) -> ev.Event:
+        self._pending = event
+        return event
+
+    def _skip_long_line(self) -> bool:
+        nl = self._buf.find(b"\n")
+        if nl < 0:
+            self._buf.clear()
+            return False
+        del self._buf[: nl + 1]
+        self._skip_line = False
+        return True
+
+    def _violation(self, error: SMTPError, line: bytes, *, unknown: bool = False) -> ev.Event:
+        """Answer a refused command; close after too many."""
+        if unknown:
+            self._unknown += 1
+            over = self._unknown > self.limits.max_unknown
+        else:
+            self._errors += 1
+            over = self._errors > self.limits.max_errors
+        if over:
+            self._send(
+                _reply(
+                    421,
+                    "4.7.0",
+                    f"{self.limits.hostname} Too many "
+                    + ("unknown commands" if unknown else "syntax or protocol errors")
+                    + ", closing connection",
+                )
+            )
+            self._close()
+            return ev.Closed(f"too many {'unknown commands' if unknown else 'errors'}: {error}")
+        self._out.append(error.reply)
+        return ev.ProtocolViolation(error, line)
+
+    def _sync_error(self, line: bytes) -> ev.Event:
+        self._send(
+            _reply(554, "5.5.0", "SMTP synchronization error: sent without waiting for a reply")
+        )
+        self._close()
+        return ev.Closed(f"synchronization error after {line[:32]!r}")
+
+    # -- PROXY ------------------------------------------------------------------
+
+    def _proxy(self) -> ev.Event | None:
+        try:
+            header = proxy.parse_header(self._buf, max_length=self.limits.proxy_max_length)
+        except IncompleteHeader:
+            return None
+        except ProxyProtocolError as exc:
+            self._close()
+            return ev.ProxyRejected(exc.reason, exc.offset)
+        del self._buf[: header.consumed]
+        self.state = GREETING
+        return ev.ProxyReceived(header)
+
+    # -- commands ---------------------------------------------------------------
+
+    def _command(self, line: bytes) -> ev.Event | None:
+        offer = self.offer
+        smtputf8 = offer.smtputf8
+        try:
+            cmd = smtpline.parse_command(line, smtputf8=smtputf8, max_length=self.limits.max_line)
+        except SMTPSyntaxError as exc:
+            return self._violation(exc, line, unknown=exc.status == "5.5.1")
+        verb = cmd.verb
+        if self.limits.enforce_sync and self._buf and verb not in ("BDAT", "QUIT"):
+            if verb in _GROUP_ENDERS or not (offer.pipelining and self.esmtp):
+                return self._sync_error(line)
+        handler = _DISPATCH.get(verb)
+        if handler is None:
+            return self._violation(SMTPError(502, "5.5.1", f"{verb} command not implemented"), line)
+        return handler(self, cmd, line)
+
+    def _helo(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        assert cmd.argument is not None
+        name = cmd.argument.split(" ", 1)[0]
+        extended = cmd.verb == "EHLO"
+        lim, offer = self.limits, self.offer
+        if self.in_transaction:
+            self._reset_transaction()
+        if not extended:
+            return self._decide(ev.Hello(name, False, (f"250 {lim.hostname}",)))
+        lines = [f"250-{lim.hostname} Hello {name}"]
+        if offer.pipelining:
+            lines.append("250-PIPELINING")
+        lines.append(f"250-SIZE {offer.size_limit}" if offer.size_limit else "250-SIZE")
+        if offer.eightbitmime:
+            lines.append("250-8BITMIME")
+        if offer.smtputf8:
+            lines.append("250-SMTPUTF8")
+        lines.append("250-ENHANCEDSTATUSCODES")
+        if offer.chunking:
+            lines.append("250-CHUNKING")
+        if offer.dsn:
+            lines.append("250-DSN")
+        if offer.starttls:
+            lines.append("250-STARTTLS")
+        if offer.vrfy:
+            lines.append("250-VRFY")
+        lines.append("250 HELP")
+        return self._decide(ev.Hello(name, True, tuple(lines)))
+
+    def _mail(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        if self.helo is None:
+            return self._violation(SMTPError(503, "5.5.1", "Send HELO or EHLO first"), line)
+        if self.in_transaction:
+            return self._violation(SMTPError(503, "5.5.1", "Nested MAIL command"), line)
+        assert cmd.path is not None
+        offered = self.offer.params
+        if not self.esmtp:
+            offered = Offered(offered.size_limit, False, False, False)
+            if cmd.params:
+                return self._violation(SMTPError(555, "5.5.4", "MAIL parameters need EHLO"), line)
+        try:
+            params = parse_mail_params(cmd.params, offered)
+        except SMTPError as exc:
+            return self._violation(exc, line)
+        if not params.smtputf8 and not cmd.path.mailbox.isascii():
+            return self._violation(
+                SMTPError(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter"), line
+            )
+        return self._decide(ev.MailFrom(cmd.path, params, cmd.params))
+
+    def _rcpt(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        if not self.in_transaction:
+            return self._violation(SMTPError(503, "5.5.1", "Need MAIL before RCPT"), line)
+        assert cmd.path is not None
+        if cmd.path.is_null:
+            return self._violation(SMTPError(553, "5.1.3", "Null recipient not allowed"), line)
+        if not self._utf8_txn and not cmd.path.mailbox.isascii():
+            return self._violation(
+                SMTPError(553, "5.6.7", "Non-ASCII address needs MAIL ... SMTPUTF8"), line
+            )
+        if self.recipients >= self.limits.max_recipients:
+            self._out.append(SMTPError(452, "4.5.3", "Too many recipients").reply)
+            return ev.ProtocolViolation(SMTPError(452, "4.5.3", "Too many recipients"), line)
+        offered = self.offer.params if self.esmtp else Offered(0, False, False, False)
+        try:
+            params = parse_rcpt_params(cmd.params, offered)
+        except SMTPError as exc:
+            return self._violation(exc, line)
+        return self._decide(ev.RcptTo(cmd.path, params, cmd.params))
+
+    def _data_cmd(self, cmd: smtpline.Command, line: bytes) -> ev.Event | None:
+        if not self.in_transaction:
+            return self._violation(SMTPError(503, "5.5.1", "Need MAIL command"), line)
+        if self._via_bdat:
+            return self._violation(SMTPError(503, "5.5.1", "DATA after BDAT"), line)
+        if not self.recipients:
+            return self._violation(SMTPError(503, "5.5.1", "No valid recipients"), line)
+        self._send("354 End data with <CR><LF>.<CR><LF>")
+        self._scanner = DataScanner(
+            self.offer.size_limit or None, bare_newline=self.limits.bare_newline
+        )
+        self._data_parts = []
+        self.state = DATA
+        return None
+
+    def _data(self) -> ev.Event | None:
+        scanner = self._scanner
+        assert scanner is not None
+        if not self._buf:
+            return None
+        chunk = bytes(self._buf)
+        self._buf.clear()
+        part = scanner.feed(chunk)
+        if part:
+            self._data_parts.append(part)
+        if not scanner.done:
+            return None
+        self._buf += scanner.remainder
+        self.state = COMMAND
+        self._scanner = None
+        parts, self._data_parts = self._data_parts, []
+        error = scanner.error
+        if error is not None:
+            self._out.append(error.reply)
+            self._reset_transaction()
+            return ev.MessageRefused(error, "DATA")
+        return self._decide(ev.MessageReceived(b"".join(parts), "DATA"))
+
+    def _bdat_cmd(self, cmd: smtpline.Command, line: bytes) -> ev.Event | None:
+        assert cmd.chunk_size is not None
+        self._bdat_left = cmd.chunk_size
+        self.state = BDAT
+        error: SMTPError | None = None
+        if not self.offer.chunking or not self.esmtp:
+            error = SMTPError(503, "5.5.1", "CHUNKING not offered")
+        elif not self.in_transaction or not self.recipients:
+            error = SMTPError(503, "5.5.1", "Need MAIL and RCPT before BDAT")
+        elif self._bdat_failed is None:
+            self._bdat_size += cmd.chunk_size
+            if self.offer.size_limit and self._bdat_size > self.offer.size_limit:
+                self._bdat_failed = SMTPError(
+                    552, "5.3.4", "Message size exceeds fixed maximum message size"
+                )
+        self._via_bdat = self._via_bdat or error is None
+        self._bdat_last = cmd.last
+        self._bdat_error = error
+        return None
+
+    def _bdat(self) -> ev.Event | None:
+        buf = self._buf
+        take = min(self._bdat_left, len(buf))
+        if take:
+            if self._bdat_error is None and self._bdat_failed is None:
+                self._bdat_parts.append(bytes(buf[:take]))
+            del buf[:take]
+            self._bdat_left -= take
+        if self._bdat_left:
+            return None
+        self.state = COMMAND
+        if self._bdat_error is not None:
+            error, self._bdat_error = self._bdat_error, None
+            return self._violation(error, b"BDAT")
+        failed = self._bdat_failed
+        if failed is not None:
+            self._out.append(failed.reply)
+            if self._bdat_last:
+                self._reset_transaction()
+                return ev.MessageRefused(failed, "BDAT")
+            return None
+        if not self._bdat_last:
+            self._send(_reply(250, "2.0.0", f"{self._bdat_size} octets received"))
+            return None
+        content = b"".join(self._bdat_parts)
+        self._bdat_parts = []
+        if _BARE.search(content) is not None:
+            if self.limits.bare_newline == "reject":
+                error = SMTPError(
+                    550, "5.5.2", "Message contains a bare CR or LF (line endings must be CRLF)"
+                )
+                self._out.append(error.reply)
+                self._reset_transaction()
+                return ev.MessageRefused(error, "BDAT")
+            content = re.sub(rb"\r\n|\r|\n", b"\r\n", content)
+        return self._decide(ev.MessageReceived(content, "BDAT"))
+
+    def _rset(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        self._reset_transaction()
+        self._send(_reply(250, "2.0.0", "OK"))
+        return ev.Reset()
+
+    def _noop(self, cmd: smtpline.Command, line: bytes) -> None:
+        self._send(_reply(250, "2.0.0", "OK"))
+
+    def _help(self, cmd: smtpline.Command, line: bytes) -> None:
+        self._send(_reply(214, "2.0.0", _HELP))
+
+    def _quit(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        self._send(_reply(221, "2.0.0", f"{self.limits.hostname} closing connection"))
+        self._close()
+        return ev.Quit()
+
+    def _vrfy(self, cmd: smtpline.Command, line: bytes) -> ev.Event | None:
+        if not self.offer.vrfy:
+            self._send(_reply(502, "5.5.1", "VRFY command is disabled"))
+            return None
+        assert cmd.argument is not None
+        return self._decide(ev.Verify(cmd.argument))
+
+    def _starttls(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        if not self.offer.starttls:
+            return self._violation(SMTPError(502, "5.5.1", "STARTTLS not available"), line)
+        if self.in_transaction:
+            return self._violation(SMTPError(503, "5.5.1", "STARTTLS inside a transaction"), line)
+        return self._decide(ev.StartTLS())
+
+
+_Handler = Callable[[ServerConnection, smtpline.Command, bytes], "ev.Event | None"]
+_DISPATCH: dict[str, _Handler] = {
+    "EHLO": ServerConnection._helo,
+    "HELO": ServerConnection._helo,
+    "MAIL": ServerConnection._mail,
+    "RCPT": ServerConnection._rcpt,
+    "DATA": ServerConnection._data_cmd,
+    "BDAT": ServerConnection._bdat_cmd,
+    "RSET": ServerConnection._rset,
+    "NOOP": ServerConnection._noop,
+    "HELP": ServerConnection._help,
+    "QUIT": ServerConnection._quit,
+    "VRFY": ServerConnection._vrfy,
+    "STARTTLS": ServerConnection._starttls,
+}

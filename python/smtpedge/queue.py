@@ -1,0 +1,359 @@
+"""The durable queue: an SQLite database (WAL, ``synchronous=FULL``) holding
+every message's envelope, each recipient's DSN parameters and, for messages up
+to ``spool_inline_max``, the content itself; larger messages go to spool files.
+
+A message exists once, and only once, its database row is committed. A spool
+file is written to a temporary name, fsynced, renamed and its directory
+fsynced *before* the row that points to it is committed, so a crash at any
+moment leaves either a whole message or nothing; orphaned spool files from a
+crash are removed by ``recover()``.
+
+``GroupCommitter`` makes this fast: one writer thread takes every message that
+arrived while the previous commit was syncing and commits them together, so
+concurrent sessions share one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue as _stdqueue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from smtpedge.esmtp import MailParams, RcptParams
+from smtpedge.session import Recipient
+
+__all__ = ["GroupCommitter", "Queue", "QueuedMessage", "new_queue_id"]
+
+_B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: sortable, unambiguous
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    arrival     REAL NOT NULL,
+    sender      TEXT NOT NULL,
+    mail_params TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    content     BLOB,
+    spool_file  TEXT
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id  TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    address     TEXT NOT NULL,
+    notify      TEXT,
+    orcpt_type  TEXT,
+    orcpt       TEXT,
+    orcpt_xtext TEXT,
+    raw_params  TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queued',
+    PRIMARY KEY (message_id, idx)
+);
+"""
+
+
+def new_queue_id() -> str:
+    """A 16-character ID that sorts by arrival time (microseconds, then 20
+    random bits)."""
+    n = (time.time_ns() // 1000) << 20 | secrets.randbits(20)
+    out = []
+    for _ in range(16):
+        out.append(_B32[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message as stored: envelope, client facts and size (content apart)."""
+
+    id: str
+    arrival: float
+    sender: str
+    mail_params: MailParams
+    raw_mail_params: tuple[tuple[str, str | None], ...]
+    recipients: tuple[Recipient, ...]
+    client: dict[str, Any]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    id: str
+    arrival: float
+    sender: str
+    mail_params: str
+    client: str
+    recipients: tuple[Recipient, ...]
+    content: bytes
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Queue:
+    """Access to the queue in a data directory (one SQLite connection; use one
+    ``Queue`` per thread)."""
+
+    def __init__(self, directory: str | Path, *, inline_max: int = 1024 * 1024) -> None:
+        self.directory = Path(directory)
+        self.spool = self.directory / "spool"
+        self.inline_max = inline_max
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.directory / "queue.db"
+        self._db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ----------------------------------------------------------------
+
+    def _write_spool_file(self, record: _Record) -> str:
+        sub = self.spool / record.id[-2:]
+        sub.mkdir(exist_ok=True)
+        final = sub / record.id
+        tmp = sub / (record.id + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(record.content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(sub)
+        return f"{record.id[-2:]}/{record.id}"
+
+    def _add_many(self, records: list[_Record]) -> None:
+        """Make every record durable in one transaction."""
+        files = {}
+        for r in records:
+            if len(r.content) > self.inline_max:
+                files[r.id] = self._write_spool_file(r)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (r.id, r.arrival, r.sender, r.mail_params, r.client, len(r.content),
+                     None if r.id in files else r.content, files.get(r.id))
+                    for r in records
+                ],
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO recipients VALUES (?,?,?,?,?,?,?,?,'queued')",
+                [
+                    (r.id, i, rc.address,
+                     ",".join(rc.params.notify) if rc.params.notify else None,
+                     rc.params.orcpt_type, rc.params.orcpt, rc.params.orcpt_xtext,
+                     json.dumps(rc.raw_params))
+                    for r in records
+                    for i, rc in enumerate(r.recipients)
+                ],
+            )  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            for rel in files.values():
+                (self.spool / rel).unlink(missing_ok=True)
+            raise
+
+    def add(
+        self,
+        sender: str,
+        recipients: list[Recipient] | tuple[Recipient, ...],
+        content: bytes,
+        *,
+        mail_params: MailParams | None = None,
+        raw_mail_params: tuple[tuple[str, str | None], ...] = (),
+        client: dict[str, Any] | None = None,
+        queue_id: str | None = None,
+    ) -> str:
+        """Store one message synchronously; return its queue ID."""
+        record = make_record(sender, recipients, content, mail_params or MailParams(),
+                             raw_mail_params, client or {}, queue_id)  # fmt: skip
+        self._add_many([record])
+        return record.id
+
+    # -- reading ----------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Remove spool files no committed message points to (left by a crash
+        between writing a file and committing its row); return how many."""
+        known = {row[0] for row in self._db.execute(
+            "SELECT spool_file FROM messages WHERE spool_file IS NOT NULL")}  # fmt: skip
+        removed = 0
+        for path in self.spool.glob("*/*"):
+            rel = f"{path.parent.name}/{path.name}"
+            if rel not in known:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM messages ORDER BY id")]
+
+    def messages(self) -> Iterator[QueuedMessage]:
+        for (mid,) in self._db.execute("SELECT id FROM messages ORDER BY id").fetchall():
+            msg = self.get(mid)
+            if msg is not None:
+                yield msg
+
+    def get(self, queue_id: str) -> QueuedMessage | None:
+        row = self._db.execute(
+            "SELECT id, arrival, sender, mail_params, client, size FROM messages WHERE id=?",
+            (queue_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        params = json.loads(row[3])
+        rcpts = tuple(
+            Recipient(
+                address,
+                RcptParams(tuple(notify.split(",")) if notify else None, otype, orcpt, oxtext),
+                tuple((k, v) for k, v in json.loads(raw)),
+            )
+            for address, notify, otype, orcpt, oxtext, raw in self._db.execute(
+                "SELECT address, notify, orcpt_type, orcpt, orcpt_xtext, raw_params "
+                "FROM recipients WHERE message_id=? ORDER BY idx",
+                (queue_id,),
+            )
+        )
+        return QueuedMessage(
+            row[0], row[1], row[2], MailParams(**params["decoded"]),
+            tuple((k, v) for k, v in params["raw"]), rcpts, json.loads(row[4]), row[5],
+        )  # fmt: skip
+
+    def content(self, queue_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT content, spool_file FROM messages WHERE id=?", (queue_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        if row[1] is not None:
+            return (self.spool / str(row[1])).read_bytes()
+        blob: bytes = row[0]
+        return bytes(blob)
+
+    def remove(self, queue_id: str) -> bool:
+        row = self._db.execute("SELECT spool_file FROM messages WHERE id=?", (queue_id,)).fetchone()
+        if row is None:
+            return False
+        self._db.execute("DELETE FROM messages WHERE id=?", (queue_id,))
+        if row[0]:
+            (self.spool / row[0]).unlink(missing_ok=True)
+        return True
+
+
+def make_record(
+    sender: str,
+    recipients: list[Recipient] | tuple[Recipient, ...],
+    content: bytes,
+    mail_params: MailParams,
+    raw_mail_params: tuple[tuple[str, str | None], ...],
+    client: dict[str, Any],
+    queue_id: str | None = None,
+) -> _Record:
+    params = json.dumps({"decoded": asdict(mail_params), "raw": list(raw_mail_params)})
+    return _Record(queue_id or new_queue_id(), time.time(), sender, params,
+                   json.dumps(client), tuple(recipients), bytes(content))  # fmt: skip
+
+
+class GroupCommitter:
+    """Commits messages from many sessions together, in one writer thread.
+
+    ``await committer.store(...)`` returns once the message is on stable
+    storage (or raises, and then nothing was stored).
+    """
+
+    def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
+        self._queue = Queue(directory, inline_max=inline_max)
+        self._batch_max = batch_max
+        self._requests: _stdqueue.SimpleQueue[
+            tuple[_Record, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+        ] = _stdqueue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="smtpedge-commit", daemon=True)
+        self.batches = 0
+        self.committed = 0
+        self._thread.start()
+
+    async def store(
+        self,
+        sender: str,
+        recipients: list[Recipient] | tuple[Recipient, ...],
+        content: bytes,
+        *,
+        mail_params: MailParams,
+        raw_mail_params: tuple[tuple[str, str | None], ...],
+        client: dict[str, Any],
+        queue_id: str | None = None,
+    ) -> str:
+        record = make_record(sender, recipients, content, mail_params, raw_mail_params,
+                             client, queue_id)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._requests.put((record, fut, loop))
+        await fut
+        return record.id
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+        self._queue.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._requests.get_nowait()
+                except _stdqueue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            error: BaseException | None = None
+            try:
+                self._queue._add_many([r for r, _, _ in batch])
+                self.batches += 1
+                self.committed += len(batch)
+            except BaseException as exc:  # reported to every waiting session
+                error = exc
+            for _, fut, loop in batch:
+                loop.call_soon_threadsafe(_settle, fut, error)
+            if stop:
+                return
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)

@@ -1,0 +1,52 @@
+"""The Received header a server adds to each message it queues (RFC 5321
+4.4), naming the real client (the proxied one) and the queue ID.
+
+    Received: from client.example ([192.0.2.7]:51234)
+            by mx.example.net (smtpedge 0.1.0) with ESMTP id 01JD3...
+            for <rcpt@example.net>; Sat, 28 Nov 2026 21:30:00 +0000
+
+The protocol keyword follows RFC 3848 and RFC 6531: SMTP, ESMTP, ESMTPS,
+UTF8SMTP, UTF8SMTPS.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime
+
+from smtpedge.session import Envelope, Session
+
+__all__ = ["protocol_name", "received_header"]
+
+
+def protocol_name(session: Session, envelope: Envelope) -> str:
+    if not session.extended_smtp:
+        return "SMTP"
+    name = "UTF8SMTP" if envelope.mail_params.smtputf8 else "ESMTP"
+    return name + ("S" if session.tls is not None else "")
+
+
+def _clean(text: str) -> str:
+    """An EHLO name as a comment-safe token (no CR/LF, parentheses or backslashes)."""
+    return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
+
+
+def received_header(
+    session: Session, envelope: Envelope, hostname: str, queue_id: str, version: str
+) -> bytes:
+    ip, port = session.peer
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    helo = _clean(session.host_name or "unknown")
+    via = ""
+    if session.proxy_peer is not None:
+        via = f" via proxy [{session.proxy_peer[0]}]"
+    lines = [
+        f"Received: from {helo} ([{literal}]:{port}{via})",
+        f"\tby {hostname} (smtpedge {version}) with {protocol_name(session, envelope)}",
+        f"\tid {queue_id}",
+    ]
+    if len(envelope.recipients) == 1:
+        lines[-1] += f"\n\tfor <{envelope.recipients[0].address}>"
+    lines[-1] += f"; {email.utils.format_datetime(datetime.now(UTC))}"
+    text = "\r\n".join("\r\n".join(part.split("\n")) for part in lines) + "\r\n"
+    return text.encode("utf-8")

@@ -1,0 +1,575 @@
+"""The asyncio SMTP server: a thin adapter between sockets, the sans-I/O
+protocol (``smtpedge.protocol``), handler hooks and the durable queue.
+
+    server = smtpedge.Server(handler, Config(daemon_smtp_ports=(2525,)))
+    await server.start()
+    await server.serve_forever()      # or: await server.stop()
+
+Each connection is an ``asyncio.Protocol`` that does no work while idle (no
+task, one timer), so tens of thousands of idle clients are cheap. A task is
+started only while a handler hook or a queue commit is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from smtpedge import __version__
+from smtpedge.config import Config
+from smtpedge.handlers import check_handler
+from smtpedge.hostlist import HostList
+from smtpedge.limits import ConnectionLimits
+from smtpedge.log import logger
+from smtpedge.protocol import events as ev
+from smtpedge.protocol.server import Limits, Offer, ServerConnection
+from smtpedge.queue import GroupCommitter, Queue, new_queue_id
+from smtpedge.received import protocol_name, received_header
+from smtpedge.session import Envelope, Recipient, Session
+
+__all__ = ["Server"]
+
+_READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
+_session_ids = itertools.count(1)
+
+
+def _addr(sockaddr: Any) -> tuple[str, int]:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(host.split("%")[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                host = str(ip.ipv4_mapped)
+        return host, int(sockaddr[1])
+    return ("unknown", 0)
+
+
+def _fmt(addr: tuple[str, int] | None) -> str:
+    if addr is None:
+        return "[unknown]"
+    return f"[{addr[0]}]:{addr[1]}"
+
+
+class Server:
+    """An SMTP server. ``handler`` is an object with optional ``handle_<VERB>``
+    coroutines (see ``smtpedge.handlers``); hooks are checked here, so a
+    misspelt hook fails at construction."""
+
+    def __init__(
+        self,
+        handler: Any = None,
+        config: Config | None = None,
+        *,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self.handler = handler
+        self.hooks = check_handler(handler)
+        cfg = self.config
+        self.hostname = cfg.hostname
+        self.limits = Limits(
+            hostname=self.hostname,
+            max_line=cfg.smtp_max_line_length,
+            max_errors=cfg.smtp_max_synprot_errors,
+            max_unknown=cfg.smtp_max_unknown_commands,
+            max_recipients=cfg.recipients_max,
+            bare_newline=cfg.bare_newline,
+            enforce_sync=cfg.smtp_enforce_sync,
+        )
+        self.connections = ConnectionLimits(
+            cfg.smtp_accept_max, cfg.smtp_accept_max_per_host, cfg.smtp_connect_ratelimit
+        )
+        self._sockets = sockets
+        self._servers: list[asyncio.Server] = []
+        self._active: set[_Connection] = set()
+        self._committer: GroupCommitter | None = None
+        self._needs_name = any(
+            isinstance(getattr(cfg, n), HostList) and getattr(cfg, n).needs_name
+            for n in (
+                "hosts_proxy", "dsn_advertise_hosts", "pipelining_advertise_hosts",
+                "chunking_advertise_hosts", "smtputf8_advertise_hosts", "vrfy_hosts",
+            )
+        )  # fmt: skip
+        self.messages_accepted = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs the server listens on."""
+        out = []
+        for srv in self._servers:
+            for sock in srv.sockets:
+                out.append(_addr(sock.getsockname()))
+        return out
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def start(self) -> None:
+        """Open the queue and start listening."""
+        cfg = self.config
+        cfg.spool_path.mkdir(parents=True, exist_ok=True)
+        self._committer = GroupCommitter(
+            cfg.spool_path, inline_max=cfg.spool_inline_max, batch_max=cfg.queue_commit_batch
+        )
+        loop = asyncio.get_running_loop()
+        if self._sockets is not None:
+            for sock in self._sockets:
+                self._servers.append(
+                    await loop.create_server(lambda: _Connection(self), sock=sock, backlog=4096)
+                )
+        else:
+            for host in cfg.local_interfaces:
+                for port in cfg.daemon_smtp_ports:
+                    self._servers.append(
+                        await loop.create_server(
+                            lambda: _Connection(self), host, port, backlog=4096,
+                            reuse_address=True,
+                        )
+                    )  # fmt: skip
+        for srv in self._servers:
+            for sock in srv.sockets:
+                logger.info("listening on %s", _fmt(_addr(sock.getsockname())))
+
+    async def serve_forever(self) -> None:
+        if not self._servers:
+            await self.start()
+        try:
+            await asyncio.gather(*(srv.serve_forever() for srv in self._servers))
+        except asyncio.CancelledError:
+            pass
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop listening, let sessions finish for ``grace`` seconds, then send
+        421 to the rest; every message already acknowledged is on disk."""
+        for srv in self._servers:
+            srv.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._active and asyncio.get_running_loop().time() < deadline:
+            if all(c.idle for c in self._active):
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self._active):
+            conn.shutdown()
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+        self._servers.clear()
+        if self._committer is not None:
+            committer, self._committer = self._committer, None
+            await asyncio.get_running_loop().run_in_executor(None, committer.close)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- services for connections and handlers ---------------------------------------
+
+    def offer_for(self, ip: str, name: str | None) -> Offer:
+        cfg = self.config
+
+        def has(hl: HostList) -> bool:
+            return hl.match(ip, hostname=name)
+
+        return Offer(
+            size_limit=cfg.message_size_limit,
+            pipelining=has(cfg.pipelining_advertise_hosts),
+            eightbitmime=cfg.accept_8bitmime,
+            smtputf8=has(cfg.smtputf8_advertise_hosts),
+            chunking=has(cfg.chunking_advertise_hosts),
+            dsn=has(cfg.dsn_advertise_hosts),
+            starttls=False,
+            vrfy=has(cfg.vrfy_hosts),
+        )
+
+    async def queue_message(self, session: Session, envelope: Envelope) -> str:
+        """Add a Received header and store the message durably; return its queue ID
+        once it is on stable storage."""
+        if self._committer is None:
+            raise RuntimeError("the server is not running")
+        assert envelope.content is not None and envelope.mail_from is not None
+        qid = new_queue_id()
+        header = received_header(session, envelope, self.hostname, qid, __version__)
+        client = {
+            "address": session.peer[0],
+            "port": session.peer[1],
+            "helo": session.host_name,
+            "protocol": protocol_name(session, envelope),
+            "proxy": list(session.proxy_peer) if session.proxy_peer else None,
+            "session": session.id,
+        }
+        await self._committer.store(
+            envelope.mail_from, envelope.recipients, header + envelope.content,
+            mail_params=envelope.mail_params, raw_mail_params=envelope.raw_mail_params,
+            client=client, queue_id=qid,
+        )  # fmt: skip
+        self.messages_accepted += 1
+        return qid
+
+    def open_queue(self) -> Queue:
+        return Queue(self.config.spool_path, inline_max=self.config.spool_inline_max)
+
+
+async def _verified_name(ip: str) -> str | None:
+    """The client's reverse DNS name, if it resolves forward to the same address."""
+    loop = asyncio.get_running_loop()
+    try:
+        name, _, _ = await asyncio.wait_for(
+            loop.run_in_executor(None, socket.gethostbyaddr, ip), 5.0
+        )
+        infos = await asyncio.wait_for(loop.getaddrinfo(name, None), 5.0)
+    except (OSError, TimeoutError):
+        return None
+    if any(str(info[4][0]) == ip for info in infos):
+        return str(name)
+    return None
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: feeds the protocol, runs hooks, keeps timers."""
+
+    __slots__ = (
+        "_closing",
+        "_last",
+        "_paused",
+        "_task",
+        "_timer",
+        "_transport",
+        "admitted",
+        "envelope",
+        "proto",
+        "server",
+        "session",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._paused = False
+        self._closing = False
+        self.admitted: str | None = None  # the host holding a per-host slot
+        self.envelope = Envelope()
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        srv = self.server
+        cfg = srv.config
+        peer = _addr(transport.get_extra_info("peername"))
+        sock = _addr(transport.get_extra_info("sockname"))
+        self.session = Session(f"{os.getpid():x}.{next(_session_ids)}", peer, sock)
+        srv._active.add(self)
+        refusal = srv.connections.open()
+        expect_proxy = bool(cfg.hosts_proxy) and cfg.hosts_proxy.match(peer[0])
+        self.proto = ServerConnection(srv.limits, expect_proxy=expect_proxy)
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if refusal is not None:
+            srv.connections.total += 1  # balanced by connection_lost
+            logger.info("SMTP connection from %s refused: %s", _fmt(peer), refusal)
+            self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
+            self._flush()
+            return
+        if expect_proxy:
+            self._arm(cfg.proxy_protocol_timeout)
+            return
+        self._start(self._welcome())
+
+    def data_received(self, data: bytes) -> None:
+        self._last = asyncio.get_running_loop().time() if self._timer else self._last
+        self.proto.receive_data(data)
+        if self._task is None:
+            self._process()
+        elif self.proto.buffered > _READ_PAUSE and not self._paused:
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        srv = self.server
+        srv._active.discard(self)
+        srv.connections.close()
+        if self.admitted is not None:
+            srv.connections.release(self.admitted)
+            self.admitted = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if not self._closing and not self.proto.closed:
+            logger.info("SMTP connection from %s lost%s", self._who(),
+                        f": {exc}" if exc else "")  # fmt: skip
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self._task is None and not self.proto.waiting and not self.proto.buffered
+
+    def _who(self) -> str:
+        s = self.session
+        if s.proxy_peer is not None:
+            return f"{_fmt(s.peer)} PX={_fmt(s.proxy_peer)}"
+        return _fmt(s.peer)
+
+    def _arm(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(timeout, self._check_timer, timeout)
+
+    def _check_timer(self, timeout: float) -> None:
+        self._timer = None
+        if self._transport is None or self._transport.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        state = self.proto.state
+        if state == "PROXY":
+            logger.info("PROXY header timeout from proxy %s after %.1fs: closed without banner",
+                        _fmt(self.session.peer), timeout)  # fmt: skip
+            self._close()
+            return
+        cfg = self.server.config
+        limit = cfg.smtp_data_timeout if state in ("DATA", "BDAT") else cfg.smtp_receive_timeout
+        left = self._last + limit - loop.time()
+        if left > 0 or self._task is not None:
+            self._timer = loop.call_later(max(left, 1.0), self._check_timer, limit)
+            return
+        logger.info("SMTP %s timeout for %s", "data" if state in ("DATA", "BDAT") else
+                    "command", self._who())  # fmt: skip
+        self.proto.timeout()
+        self._flush()
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.get_running_loop().create_task(coro)
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("internal error in session %s from %s: %r", self.session.id,
+                         self._who(), exc)  # fmt: skip
+            self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
+            self._flush()
+            return
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        self._process()
+
+    def _flush(self) -> None:
+        t = self._transport
+        if t is None:
+            return
+        out = self.proto.data_to_send()
+        if out and not t.is_closing():
+            t.write(out)
+        if self.proto.closed:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def shutdown(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            if self.proto.state in ("PROXY", "GREETING"):
+                self._close()
+                return
+            self.proto.shutdown()
+            self._flush()
+
+    # -- the session ------------------------------------------------------------------
+
+    async def _welcome(self) -> None:
+        """Admit the real client (limits), then greet it."""
+        srv = self.server
+        cfg = srv.config
+        peer = self.session.peer
+        refusal = srv.connections.admit(peer[0])
+        if refusal is not None:
+            logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
+            self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
+            return
+        self.admitted = peer[0]
+        name = await _verified_name(peer[0]) if srv._needs_name else None
+        if cfg.smtp_banner_delay > 0:
+            await asyncio.sleep(cfg.smtp_banner_delay)
+        if self.proto.state != "GREETING":
+            return
+        if self.proto.buffered and cfg.smtp_enforce_sync:
+            return  # _process reports the early talker
+        logger.info("SMTP connection from %s id=%s", self._who(), self.session.id)
+        banner = cfg.smtp_banner.format(hostname=srv.hostname, version=__version__)
+        self.proto.greet(banner, srv.offer_for(peer[0], name))
+        self._arm(cfg.smtp_receive_timeout)
+
+    def _process(self) -> None:
+        """Run protocol events until input runs out or a hook must be awaited."""
+        proto = self.proto
+        while self._task is None:
+            event = proto.next_event()
+            if event is None:
+                break
+            self._last = asyncio.get_running_loop().time()
+            if event.needs_reply:
+                self._start(self._decide(event))
+                break
+            self._inform(event)
+        self._flush()
+
+    def _inform(self, event: ev.Event) -> None:
+        s = self.session
+        if isinstance(event, ev.ProxyReceived):
+            self._start(self._proxy(event))
+        elif isinstance(event, ev.ProxyRejected):
+            logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
+                        _fmt(s.peer), event.reason, event.offset)  # fmt: skip
+        elif isinstance(event, ev.EarlyTalker):
+            logger.info("SMTP early talker %s: sent %r before the banner: refused",
+                        self._who(), event.preview[:32])  # fmt: skip
+        elif isinstance(event, ev.ProtocolViolation):
+            line = event.line.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
+            logger.info("SMTP protocol error from %s in %r: %s", self._who(), line,
+                        event.error.reply.decode().strip())  # fmt: skip
+        elif isinstance(event, ev.MessageRefused):
+            logger.info("message from %s refused in %s: %s", self._who(), event.command,
+                        event.error.reply.decode().strip())  # fmt: skip
+            self.envelope = Envelope()
+        elif isinstance(event, ev.Reset):
+            self.envelope = Envelope()
+            if "RSET" in self.server.hooks:
+                self._start(self._call_void("RSET"))
+        elif isinstance(event, ev.Quit):
+            logger.info("SMTP connection from %s closed by QUIT", self._who())
+            if "QUIT" in self.server.hooks:
+                self._start(self._call_void("QUIT"))
+        elif isinstance(event, ev.Closed):
+            logger.info("SMTP connection from %s closed: %s", self._who(), event.reason)
+
+    async def _call_void(self, verb: str) -> None:
+        await self.server.hooks[verb](self.server, self.session, self.envelope)
+
+    async def _proxy(self, event: ev.ProxyReceived) -> None:
+        s = self.session
+        header = event.header
+        s.proxy_header = header
+        if header.source is not None and header.destination is not None and \
+                header.source[1] is not None and header.destination[1] is not None:  # fmt: skip
+            s.proxy_peer = s.peer
+            s.peer = (str(header.source[0]), int(header.source[1]))
+            s.proxy_destination = (str(header.destination[0]), int(header.destination[1]))
+        hook = self.server.hooks.get("PROXY")
+        if hook is not None:
+            ok = await hook(self.server, s, self.envelope, header)
+            if ok is not None and not ok:
+                logger.info("PROXY header from proxy %s refused by handle_PROXY: closed",
+                            _fmt(s.proxy_peer or s.peer))  # fmt: skip
+                self.proto.state = "CLOSED"
+                return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._welcome()
+
+    async def _decide(self, event: ev.Event) -> None:
+        srv = self.server
+        s, env = self.session, self.envelope
+        hooks = srv.hooks
+        reply: Any = None
+        if isinstance(event, ev.Hello):
+            verb = "EHLO" if event.extended else "HELO"
+            if verb == "EHLO" and "EHLO" in hooks:
+                reply = await hooks["EHLO"](srv, s, env, event.name, list(event.responses))
+            elif verb == "HELO" and "HELO" in hooks:
+                reply = await hooks["HELO"](srv, s, env, event.name)
+            if self.proto.respond(reply or list(event.responses)):
+                s.host_name = event.name
+                s.extended_smtp = event.extended
+                self.envelope = Envelope()
+        elif isinstance(event, ev.MailFrom):
+            address = event.path.mailbox
+            if "MAIL" in hooks:
+                opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
+                reply = await hooks["MAIL"](srv, s, env, address, opts)
+            if self.proto.respond(reply or "250 2.1.0 Sender OK"):
+                env.mail_from = address
+                env.mail_params = event.params
+                env.raw_mail_params = event.raw_params
+                env.smtputf8 = event.params.smtputf8
+        elif isinstance(event, ev.RcptTo):
+            address = event.path.mailbox
+            if "RCPT" in hooks:
+                opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
+                reply = await hooks["RCPT"](srv, s, env, address, opts)
+            if self.proto.respond(reply or "250 2.1.5 Recipient OK"):
+                env.recipients.append(Recipient(address, event.params, event.raw_params))
+        elif isinstance(event, ev.MessageReceived):
+            await self._message(event)
+        elif isinstance(event, ev.Verify):
+            if "VRFY" in hooks:
+                reply = await hooks["VRFY"](srv, s, env, event.argument)
+            self.proto.respond(
+                reply or "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+            )
+        elif isinstance(event, ev.StartTLS):
+            self.proto.respond("454 4.7.0 TLS not available")
+        else:  # pragma: no cover - every decision event is handled above
+            raise AssertionError(f"unhandled event {event!r}")
+
+    async def _message(self, event: ev.MessageReceived) -> None:
+        srv = self.server
+        s, env = self.session, self.envelope
+        env.content = event.content
+        reply: str | None = None
+        if "DATA" in srv.hooks:
+            reply = await srv.hooks["DATA"](srv, s, env)
+        qid = None
+        if reply is None:
+            try:
+                qid = await srv.queue_message(s, env)
+            except Exception as exc:
+                logger.error("message from %s NOT queued: %r", self._who(), exc)
+                reply = "451 4.3.0 Local error in processing: message not queued"
+            else:
+                reply = f"250 2.0.0 OK id={qid}"
+        if self._transport is None or self._transport.is_closing():
+            if qid:
+                logger.info("%s <= <%s> H=%s: client gone before the 250 reply", qid,
+                            env.mail_from, self._who())  # fmt: skip
+            return
+        self.proto.respond(reply)
+        if reply.startswith("2"):
+            s.messages += 1
+            logger.info(
+                "%s <= <%s> H=(%s) %s P=%s S=%d for %s",
+                qid or "-", env.mail_from, s.host_name, self._who(),
+                protocol_name(s, env).lower(), len(event.content),
+                " ".join(f"<{r.address}>" for r in env.recipients),
+            )  # fmt: skip
+        self.envelope = Envelope()
