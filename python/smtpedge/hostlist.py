@@ -116,6 +116,12 @@ class HostList:
     def __repr__(self) -> str:
         return f"HostList({list(self.source)!r})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostList) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
     def __bool__(self) -> bool:
         return bool(self._items)
 
