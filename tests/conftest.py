@@ -35,3 +35,16 @@ def raw(s: str) -> bytes:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"smtpedge backend: {smtpedge.BACKEND} ({smtpedge.BUILD_PROFILE})"
+
+
+@pytest.fixture(autouse=True)
+def _reset_smtpedge_logger() -> Any:
+    """``smtpedge serve`` points the logger at stderr and a file; undo that so
+    later tests can capture log lines."""
+    yield
+    from smtpedge.log import logger
+
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.propagate = True

@@ -6,8 +6,15 @@ names) run in Rust when the extension is built and in pure Python otherwise;
 ``BUILD_PROFILE`` is the extension's build ("release", "debug", or "python").
 """
 
+from typing import TYPE_CHECKING
+
 from smtpedge._backend import BACKEND
 from smtpedge._backend import impl as _impl
+
+if TYPE_CHECKING:
+    from smtpedge.config import Config
+    from smtpedge.server import Server
+    from smtpedge.session import Envelope, Recipient, Session
 
 BUILD_PROFILE: str = _impl.BUILD_PROFILE
 __version__ = "0.1.0"
