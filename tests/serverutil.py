@@ -115,3 +115,85 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class ServeProcess:
+    """``smtpedge serve`` in a child process with a generated TOML config."""
+
+    def __init__(self, spool: Path, **options: Any) -> None:
+        import subprocess
+        import sys
+
+        self.port = options.pop("port", None) or free_port()
+        self.spool = spool
+        spool.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f'spool_directory = "{spool}"',
+            f"daemon_smtp_ports = [{self.port}]",
+            'primary_hostname = "mx.test"',
+        ]
+        for key, value in options.items():
+            lines.append(f"{key} = {_toml(value)}")
+        self.config_path = spool.parent / f"smtpedge-{self.port}.toml"
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.stderr = open(spool.parent / f"serve-{self.port}.err", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpedge.cli", "serve", "--config", str(self.config_path)],
+            stderr=self.stderr,
+        )
+        wait_port(self.port)
+
+    @property
+    def log(self) -> str:
+        return (self.spool / "log" / "main.log").read_text()
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
