@@ -88,10 +88,10 @@ def test_swaks_dsn_parameters(spool: Path) -> None:
     [msg] = list(queued(spool).messages())
     assert msg.mail_params.ret == "HDRS"
     assert msg.mail_params.envid == "Q+1>"
-    [rcpt] = msg.recipients
-    assert rcpt.params.notify == ("SUCCESS",)
-    assert rcpt.params.orcpt == "b+x@example.net>"
-    assert rcpt.params.orcpt_xtext == "rfc822;b+2Bx@example.net>"
+    [recipient] = msg.recipients
+    assert recipient.params.notify == ("SUCCESS",)
+    assert recipient.params.orcpt == "b+x@example.net>"
+    assert recipient.params.orcpt_xtext == "rfc822;b+2Bx@example.net>"
 
 
 def test_swaks_dsn_parameters_without_the_offer_get_555(spool: Path) -> None:

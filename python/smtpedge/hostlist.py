@@ -18,6 +18,7 @@ string with ``<;`` to separate with ``;``, handy for IPv6).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
@@ -103,6 +104,17 @@ def _forward(name: str) -> set[str]:
     return {str(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos}
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class HostList:
     """A parsed host list; ``match(address)`` says whether a client is in it."""
 
@@ -139,12 +151,9 @@ class HostList:
     ) -> bool:
         """True if ``address`` is in the list. ``hostname`` is the client's
         verified reverse name, if known; ``resolve`` maps a name to addresses."""
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
+        ip = _parse_address(address)
+        if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         name = hostname.rstrip(".").lower() if hostname else None
         for item in self._items:
             if item.kind == "all":

@@ -19,12 +19,12 @@ import asyncio
 import json
 import os
 import queue as _stdqueue
-import secrets
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 def new_queue_id() -> str:
     """A 16-character ID that sorts by arrival time (microseconds, then 20
     random bits)."""
-    n = (time.time_ns() // 1000) << 20 | secrets.randbits(20)
+    n = (time.time_ns() // 1000) << 20 | random.getrandbits(20)
     out = []
     for _ in range(16):
         out.append(_B32[n & 31])
@@ -274,7 +274,8 @@ def make_record(
     client: dict[str, Any],
     queue_id: str | None = None,
 ) -> _Record:
-    params = json.dumps({"decoded": asdict(mail_params), "raw": list(raw_mail_params)})
+    decoded = {f: getattr(mail_params, f) for f in MailParams.__dataclass_fields__}
+    params = json.dumps({"decoded": decoded, "raw": list(raw_mail_params)})
     return _Record(queue_id or new_queue_id(), time.time(), sender, params,
                    json.dumps(client), tuple(recipients), bytes(content))  # fmt: skip
 

@@ -19,7 +19,7 @@ import itertools
 import os
 import socket
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from smtpedge import __version__
 from smtpedge.config import Config
@@ -42,6 +42,8 @@ _session_ids = itertools.count(1)
 def _addr(sockaddr: Any) -> tuple[str, int]:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
         host = str(sockaddr[0])
+        if ":" not in host:
+            return host, int(sockaddr[1])
         with contextlib.suppress(ValueError):
             ip = ipaddress.ip_address(host.split("%")[0])
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -97,6 +99,8 @@ class Server:
             )
         )  # fmt: skip
         self.messages_accepted = 0
+        self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
+        self._offers: dict[tuple[str, str | None], Offer] = {}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -177,6 +181,15 @@ class Server:
     # -- services for connections and handlers ---------------------------------------
 
     def offer_for(self, ip: str, name: str | None) -> Offer:
+        """What this client is offered, from the host lists (cached per client)."""
+        offer = self._offers.get((ip, name))
+        if offer is None:
+            if len(self._offers) > 10_000:
+                self._offers.clear()
+            offer = self._offers[(ip, name)] = self._make_offer(ip, name)
+        return offer
+
+    def _make_offer(self, ip: str, name: str | None) -> Offer:
         cfg = self.config
 
         def has(hl: HostList) -> bool:
@@ -267,8 +280,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not inherit from asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         srv = self.server
         cfg = srv.config
         peer = _addr(transport.get_extra_info("peername"))
@@ -289,7 +302,10 @@ class _Connection(asyncio.Protocol):
         if expect_proxy:
             self._arm(cfg.proxy_protocol_timeout)
             return
-        self._start(self._welcome())
+        if self._welcome_now():
+            self._flush()
+        else:
+            self._start(self._welcome())
 
     def data_received(self, data: bytes) -> None:
         self._last = asyncio.get_running_loop().time() if self._timer else self._last
@@ -406,28 +422,48 @@ class _Connection(asyncio.Protocol):
 
     # -- the session ------------------------------------------------------------------
 
-    async def _welcome(self) -> None:
-        """Admit the real client (limits), then greet it."""
+    def _admit(self) -> bool:
+        """Take a per-host slot for the real client, or refuse it (421)."""
         srv = self.server
-        cfg = srv.config
         peer = self.session.peer
         refusal = srv.connections.admit(peer[0])
         if refusal is not None:
             logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
             self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
-            return
+            return False
         self.admitted = peer[0]
-        name = await _verified_name(peer[0]) if srv._needs_name else None
-        if cfg.smtp_banner_delay > 0:
-            await asyncio.sleep(cfg.smtp_banner_delay)
+        return True
+
+    def _greet(self, name: str | None) -> None:
+        srv = self.server
+        cfg = srv.config
         if self.proto.state != "GREETING":
             return
         if self.proto.buffered and cfg.smtp_enforce_sync:
             return  # _process reports the early talker
-        logger.info("SMTP connection from %s id=%s", self._who(), self.session.id)
-        banner = cfg.smtp_banner.format(hostname=srv.hostname, version=__version__)
-        self.proto.greet(banner, srv.offer_for(peer[0], name))
+        self.proto.greet(srv.banner, srv.offer_for(self.session.peer[0], name))
         self._arm(cfg.smtp_receive_timeout)
+
+    def _welcome_now(self) -> bool:
+        """Admit and greet without waiting, when nothing needs awaiting;
+        return False when ``_welcome`` must run as a task."""
+        srv = self.server
+        if srv._needs_name or srv.config.smtp_banner_delay > 0:
+            return False
+        if self._admit():
+            self._greet(None)
+        return True
+
+    async def _welcome(self) -> None:
+        """Admit the real client (limits), look up its name if a host list
+        needs it, wait out any banner delay, then greet it."""
+        srv = self.server
+        if not self._admit():
+            return
+        name = await _verified_name(self.session.peer[0]) if srv._needs_name else None
+        if srv.config.smtp_banner_delay > 0:
+            await asyncio.sleep(srv.config.smtp_banner_delay)
+        self._greet(name)
 
     def _process(self) -> None:
         """Run protocol events until input runs out or a hook must be awaited."""
@@ -438,8 +474,10 @@ class _Connection(asyncio.Protocol):
                 break
             self._last = asyncio.get_running_loop().time()
             if event.needs_reply:
-                self._start(self._decide(event))
-                break
+                if not self._decide_now(event):
+                    self._start(self._decide(event))
+                    break
+                continue
             self._inform(event)
         self._flush()
 
@@ -466,7 +504,8 @@ class _Connection(asyncio.Protocol):
             if "RSET" in self.server.hooks:
                 self._start(self._call_void("RSET"))
         elif isinstance(event, ev.Quit):
-            logger.info("SMTP connection from %s closed by QUIT", self._who())
+            logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
+                        s.messages, "" if s.messages == 1 else "s")  # fmt: skip
             if "QUIT" in self.server.hooks:
                 self._start(self._call_void("QUIT"))
         elif isinstance(event, ev.Closed):
@@ -495,7 +534,45 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        await self._welcome()
+        if not self._welcome_now():
+            await self._welcome()
+
+    def _decide_now(self, event: ev.Event) -> bool:
+        """Answer a decision event at once when no hook has a say in it."""
+        hooks = self.server.hooks
+        if isinstance(event, ev.RcptTo):
+            if "RCPT" in hooks:
+                return False
+            if self.proto.respond("250 2.1.5 Recipient OK"):
+                self.envelope.recipients.append(
+                    Recipient(event.path.mailbox, event.params, event.raw_params)
+                )
+            return True
+        if isinstance(event, ev.MailFrom):
+            if "MAIL" in hooks:
+                return False
+            if self.proto.respond("250 2.1.0 Sender OK"):
+                self._set_sender(event)
+            return True
+        if isinstance(event, ev.Hello):
+            if ("EHLO" if event.extended else "HELO") in hooks:
+                return False
+            if self.proto.respond(event.responses):
+                self._set_hello(event)
+            return True
+        return False
+
+    def _set_hello(self, event: ev.Hello) -> None:
+        self.session.host_name = event.name
+        self.session.extended_smtp = event.extended
+        self.envelope = Envelope()
+
+    def _set_sender(self, event: ev.MailFrom) -> None:
+        env = self.envelope
+        env.mail_from = event.path.mailbox
+        env.mail_params = event.params
+        env.raw_mail_params = event.raw_params
+        env.smtputf8 = event.params.smtputf8
 
     async def _decide(self, event: ev.Event) -> None:
         srv = self.server
@@ -509,19 +586,14 @@ class _Connection(asyncio.Protocol):
             elif verb == "HELO" and "HELO" in hooks:
                 reply = await hooks["HELO"](srv, s, env, event.name)
             if self.proto.respond(reply or list(event.responses)):
-                s.host_name = event.name
-                s.extended_smtp = event.extended
-                self.envelope = Envelope()
+                self._set_hello(event)
         elif isinstance(event, ev.MailFrom):
             address = event.path.mailbox
             if "MAIL" in hooks:
                 opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
                 reply = await hooks["MAIL"](srv, s, env, address, opts)
             if self.proto.respond(reply or "250 2.1.0 Sender OK"):
-                env.mail_from = address
-                env.mail_params = event.params
-                env.raw_mail_params = event.raw_params
-                env.smtputf8 = event.params.smtputf8
+                self._set_sender(event)
         elif isinstance(event, ev.RcptTo):
             address = event.path.mailbox
             if "RCPT" in hooks:

@@ -87,6 +87,8 @@ def _lines(reply: str | Sequence[str]) -> list[str]:
 def format_reply(reply: str | Sequence[str]) -> bytes:
     """Render one reply (a line, or a list of lines) with the right
     continuation markers and CRLFs."""
+    if isinstance(reply, str) and reply[3:4] == " " and "\n" not in reply and reply[:3].isdigit():
+        return (reply + "\r\n").encode("utf-8")
     lines = _lines(reply)
     if not lines:
         raise ValueError("empty reply")
@@ -212,11 +214,10 @@ class ServerConnection:
         pending = self._pending
         if pending is None:
             raise RuntimeError("respond() without a pending event")
-        lines = _lines(reply)
-        data = format_reply(lines)
+        data = format_reply(reply)
         self._pending = None
         self._out.append(data)
-        ok = lines[0][:1] == "2"
+        ok = data[:1] == b"2"
         if isinstance(pending, ev.Hello):
             if ok:
                 self._reset_transaction()
