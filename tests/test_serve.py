@@ -1,0 +1,59 @@
+"""``smtpedge serve`` as a user runs it: the embedded default, workers, and a
+graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from serverutil import Client, ServeProcess, wait_port
+from smtpedge.queue import Queue
+
+
+def test_serve_with_no_arguments_uses_the_embedded_default(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "smtpedge.cli", "serve"], cwd=tmp_path,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_port(2525)
+        c = Client(2525)
+        assert c.reply().startswith("220 ")
+        c.cmd("EHLO default.example")
+        reply = c.send_message("a@example.org", ["b@example.net"], b"Subject: default")
+        assert reply.startswith("250 2.0.0 OK id=")
+        c.cmd("QUIT")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    data = tmp_path / "smtpedge-data"
+    assert len(Queue(data)) == 1
+    log = (data / "log" / "main.log").read_text()
+    assert "listening on [127.0.0.1]:2525" in log and "<= <a@example.org>" in log
+    assert b"<= <a@example.org>" in err, "log lines go to stderr too"
+    listing = subprocess.run([sys.executable, "-m", "smtpedge.cli", "queue", "list"],
+                             cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
+    assert "<b@example.net>" in listing.stdout
+
+
+def test_workers_share_the_socket_and_stop_gracefully(tmp_path: Path) -> None:
+    srv = ServeProcess(tmp_path / "data", workers=2)
+    clients = [Client(srv.port) for _ in range(12)]
+    for i, c in enumerate(clients):
+        c.reply()
+        c.cmd("EHLO w.example")
+        assert c.send_message(f"s{i}@example.org", ["r@example.net"], b"x").startswith("250")
+    children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+    assert len(children) == 2, "two worker processes"
+    idle = clients[0]
+    assert srv.stop() == 0
+    assert idle.reply().startswith("421 4.3.2"), "idle sessions are told the server stops"
+    assert len(Queue(tmp_path / "data")) == 12
+    pids = {line.split("[")[1].split("]")[0] for line in srv.log.splitlines() if "<= <" in line}
+    assert pids <= set(children), "messages were accepted by the workers"
+    assert "2 worker(s)" in srv.log
+    for c in clients:
+        c.close()
+    assert not [p for p in os.listdir(tmp_path / "data" / "spool") if p.endswith(".tmp")]
