@@ -138,7 +138,7 @@ SERVERS = [
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, list[int]]]:
     name: str = request.param
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
@@ -166,8 +166,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
         else:
             procs.append(smtp_sink())
             port = procs[-1].port
+        server_pids = [p.proc.pid for p in procs if "haproxy" not in str(p.proc.args)]
         try:
-            yield port, tmp
+            yield port, tmp, server_pids
         finally:
             for p in reversed(procs):
                 p.stop()
@@ -175,11 +176,30 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["new-connections", "reused-connections"])
 @pytest.mark.parametrize("server", SERVERS, indirect=True)
-def test_smtp_source(benchmark: Any, server: tuple[int, Path], reuse: bool) -> None:
-    port, _ = server
+def test_smtp_source(benchmark: Any, server: tuple[int, Path, list[int]], reuse: bool) -> None:
+    port, _, pids = server
     benchmark.group = f"server, {'reused' if reuse else 'new'} connections"
     benchmark.extra_info["messages"] = MESSAGES
+    cpu0 = _cpu_seconds(pids)
     benchmark.pedantic(run_source, args=(port, reuse), rounds=ROUNDS, iterations=1)
+    # CPU the server itself (not the client, not haproxy) spent per message.
+    cpu = _cpu_seconds(pids) - cpu0
+    benchmark.extra_info["server_cpu_us_per_message"] = cpu / (MESSAGES * ROUNDS) * 1e6
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User plus system time of these processes and their children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        every = [pid]
+        kids = Path(f"/proc/{pid}/task/{pid}/children")
+        if kids.exists():
+            every += [int(p) for p in kids.read_text().split()]
+        for p in every:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _rss_kb(pid: int) -> int:

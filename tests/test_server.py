@@ -373,3 +373,38 @@ def test_port_in_use_is_a_clear_error(spool: Path) -> None:
     with pytest.raises(SystemExit, match=f"cannot listen on \\[127.0.0.1\\]:{port}"):
         main(["serve", "--port", str(port), "--spool-directory", str(spool)])
     s.close()
+
+
+def test_storage_failure_answers_451_and_queues_nothing(
+    spool: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from smtpedge.queue import Queue
+
+    def full_disk(self: Queue, records: list[Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    with RunningServer(spool) as srv:
+        monkeypatch.setattr(Queue, "_add_many", full_disk)
+        c = Client(srv.port)
+        c.reply()
+        c.cmd("EHLO c")
+        reply = c.send_message("a@b.example", ["r@c.example"], b"x")
+        assert reply.startswith("451 4.3.0"), reply
+        assert c.cmd("NOOP").startswith("250"), "the session goes on"
+        monkeypatch.undo()
+        assert c.send_message("a@b.example", ["r@c.example"], b"x").startswith("250")
+        assert len(srv.queue()) == 1
+    assert "NOT queued" in caplog.text and "No space left" in caplog.text
+
+
+def test_handle_proxy_can_refuse_a_connection(spool: Path) -> None:
+    class Picky:
+        async def handle_PROXY(self, server: Server, session: Session, envelope: Envelope,
+                               header: Any) -> bool:  # fmt: skip
+            return session.peer[0] != "192.0.2.66"
+
+    with RunningServer(spool, Picky(), hosts_proxy=["127.0.0.1"]) as srv:
+        bad = _proxied(srv.port, "192.0.2.66")
+        assert bad.closed_without_data()
+        good = _proxied(srv.port, "192.0.2.67")
+        assert good.reply().startswith("220")

@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -94,13 +95,19 @@ def _serve_worker(config: Config, socks: list[socket.socket], handler: Any) -> N
 
 def run(config: Config, handler: Any = None) -> int:
     """Run ``smtpedge serve`` until SIGTERM/SIGINT; return the exit status."""
-    configure(config.log_path)
+    try:
+        config.spool_path.mkdir(parents=True, exist_ok=True)
+        configure(config.log_path)
+        q = Queue(config.spool_path, inline_max=config.spool_inline_max)
+        orphans = q.recover()
+        queued = len(q)
+        q.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(
+            f"smtpedge: cannot use the data directory {config.spool_path} "
+            f"(option spool_directory / log_file_path): {exc}"
+        ) from None
     _raise_fd_limit()
-    config.spool_path.mkdir(parents=True, exist_ok=True)
-    q = Queue(config.spool_path, inline_max=config.spool_inline_max)
-    orphans = q.recover()
-    queued = len(q)
-    q.close()
     socks = bind(config)
     loop_name = "uvloop" if _event_loop_factory(config) else "asyncio"
     logger.info(

@@ -484,7 +484,7 @@ class _Connection(asyncio.Protocol):
     def _inform(self, event: ev.Event) -> None:
         s = self.session
         if isinstance(event, ev.ProxyReceived):
-            self._start(self._proxy(event))
+            self._proxy(event.header)
         elif isinstance(event, ev.ProxyRejected):
             logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
                         _fmt(s.peer), event.reason, event.offset)  # fmt: skip
@@ -514,26 +514,32 @@ class _Connection(asyncio.Protocol):
     async def _call_void(self, verb: str) -> None:
         await self.server.hooks[verb](self.server, self.session, self.envelope)
 
-    async def _proxy(self, event: ev.ProxyReceived) -> None:
+    def _proxy(self, header: Any) -> None:
+        """Adopt the addresses of a PROXY header (LOCAL, UNKNOWN and UNIX
+        headers keep the real endpoints), then run the hook and greet."""
         s = self.session
-        header = event.header
         s.proxy_header = header
-        if header.source is not None and header.destination is not None and \
-                header.source[1] is not None and header.destination[1] is not None:  # fmt: skip
+        src, dst = header.source, header.destination
+        if src is not None and dst is not None and src[1] is not None and dst[1] is not None:
             s.proxy_peer = s.peer
-            s.peer = (str(header.source[0]), int(header.source[1]))
-            s.proxy_destination = (str(header.destination[0]), int(header.destination[1]))
-        hook = self.server.hooks.get("PROXY")
-        if hook is not None:
-            ok = await hook(self.server, s, self.envelope, header)
-            if ok is not None and not ok:
-                logger.info("PROXY header from proxy %s refused by handle_PROXY: closed",
-                            _fmt(s.proxy_peer or s.peer))  # fmt: skip
-                self.proto.state = "CLOSED"
-                return
+            s.peer = (str(src[0]), int(src[1]))
+            s.proxy_destination = (str(dst[0]), int(dst[1]))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if "PROXY" in self.server.hooks:
+            self._start(self._proxy_hook(header))
+        elif not self._welcome_now():
+            self._start(self._welcome())
+
+    async def _proxy_hook(self, header: Any) -> None:
+        s = self.session
+        ok = await self.server.hooks["PROXY"](self.server, s, self.envelope, header)
+        if ok is not None and not ok:
+            logger.info("PROXY header from proxy %s refused by handle_PROXY: closed",
+                        _fmt(s.proxy_peer or s.peer))  # fmt: skip
+            self.proto.close()
+            return
         if not self._welcome_now():
             await self._welcome()
 

@@ -193,6 +193,10 @@ class ServerConnection:
         self._send(reply)
         self._close()
 
+    def close(self) -> None:
+        """End the session without a reply (e.g. a proxy refused by a hook)."""
+        self._close()
+
     def timeout(self) -> None:
         self._send(_reply(421, "4.4.2", f"{self.limits.hostname} Timeout, closing connection"))
         self._close()
