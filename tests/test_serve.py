@@ -57,3 +57,12 @@ def test_workers_share_the_socket_and_stop_gracefully(tmp_path: Path) -> None:
     for c in clients:
         c.close()
     assert not [p for p in os.listdir(tmp_path / "data" / "spool") if p.endswith(".tmp")]
+
+
+def test_per_host_limit_counts_across_workers(tmp_path: Path) -> None:
+    with ServeProcess(tmp_path / "data", workers=2, smtp_accept_max_per_host=2) as srv:
+        clients = [Client(srv.port, source="127.0.0.44") for _ in range(8)]
+        replies = [c.reply()[:3] for c in clients]
+        assert sorted(replies) == ["220"] * 2 + ["421"] * 6, replies
+        other = Client(srv.port, source="127.0.0.45")
+        assert other.reply().startswith("220")

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from smtpedge.config import Config
+from smtpedge.hosttable import HostTable, SharedHostTable
 from smtpedge.log import configure, logger
 from smtpedge.queue import Queue
 
@@ -70,10 +71,12 @@ def _event_loop_factory(config: Config) -> Any:
     return None
 
 
-async def _serve(config: Config, socks: list[socket.socket], handler: Any) -> None:
+async def _serve(
+    config: Config, socks: list[socket.socket], handler: Any, table: HostTable | None
+) -> None:
     from smtpedge.server import Server
 
-    server = Server(handler, config, sockets=socks)
+    server = Server(handler, config, sockets=socks, host_table=table)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,13 +87,15 @@ async def _serve(config: Config, socks: list[socket.socket], handler: Any) -> No
     await server.stop()
 
 
-def _serve_worker(config: Config, socks: list[socket.socket], handler: Any) -> None:
+def _serve_worker(
+    config: Config, socks: list[socket.socket], handler: Any, table: HostTable | None = None
+) -> None:
     factory = _event_loop_factory(config)
     if factory is not None:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(config, socks, handler))
+            runner.run(_serve(config, socks, handler, table))
     else:
-        asyncio.run(_serve(config, socks, handler))
+        asyncio.run(_serve(config, socks, handler, table))
 
 
 def run(config: Config, handler: Any = None) -> int:
@@ -124,6 +129,8 @@ def run(config: Config, handler: Any = None) -> int:
 def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
     children: dict[int, int] = {}
     stopping = False
+    # Per-client connection counts and rates, shared by every worker.
+    table = SharedHostTable()
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -132,7 +139,7 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                _serve_worker(config, socks, handler)
+                _serve_worker(config, socks, handler, table)
             except BaseException as exc:  # the worker must never return into the parent's code
                 logger.error("worker %d failed: %r", os.getpid(), exc)
                 code = 1
@@ -161,6 +168,7 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
         slot = children.pop(pid, -1)
         if slot >= 0 and not stopping:
             logger.error("worker %d exited (status %d); restarting it", pid, status)
+            table.reset_counts()
             time.sleep(0.5)
             spawn(slot)
     for s in socks:

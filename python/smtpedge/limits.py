@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smtpedge.hosttable import HostTable, LocalHostTable
+
 __all__ = ["ConnectionLimits", "RateLimit", "RateLimiter", "parse_duration"]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -99,24 +101,27 @@ class RateLimiter:
         self._clock = clock
         self._rates: dict[str, tuple[float, float]] = {}  # key -> (rate, time)
 
-    def hit(self, key: str) -> tuple[bool, float]:
-        """Count one event for ``key``; return (allowed, current rate)."""
-        now = self._clock()
-        period = self.spec.period
-        old = self._rates.get(key)
+    def step(self, old: tuple[float, float] | None, now: float) -> tuple[bool, float, bool]:
+        """One event after state ``old`` (rate, time): return whether it is
+        allowed, the new rate, and whether the new rate is to be stored."""
         if old is None:
             rate = 1.0
         else:
             old_rate, then = old
-            interval = max(now - then, 0.0)
-            i_over_p = interval / period
+            i_over_p = max(now - then, 0.0) / self.spec.period
             if i_over_p < 1e-9:
                 rate = old_rate + 1.0
             else:
                 a = math.exp(-i_over_p)
                 rate = (1.0 - a) / i_over_p + a * old_rate
         allowed = rate <= self.spec.limit
-        if allowed or self.spec.strict or old is None:
+        return allowed, rate, allowed or self.spec.strict or old is None
+
+    def hit(self, key: str) -> tuple[bool, float]:
+        """Count one event for ``key``; return (allowed, current rate)."""
+        now = self._clock()
+        allowed, rate, store = self.step(self._rates.get(key), now)
+        if store:
             self._rates[key] = (rate, now)
         if len(self._rates) > 100_000:
             self._expire(now)
@@ -129,21 +134,32 @@ class RateLimiter:
 
 
 class ConnectionLimits:
-    """Counts open connections overall and per client address."""
+    """Counts open connections overall (this process) and per client address
+    (in ``table``: this process, or shared by every worker)."""
 
-    __slots__ = ("_per_host", "max_per_host", "max_total", "ratelimiter", "total")
+    __slots__ = ("max_per_host", "max_total", "ratelimiter", "table", "total")
 
     def __init__(
-        self, max_total: int, max_per_host: int, ratelimit: RateLimit | None = None
+        self,
+        max_total: int,
+        max_per_host: int,
+        ratelimit: RateLimit | None = None,
+        table: HostTable | None = None,
     ) -> None:
         self.max_total = max_total
         self.max_per_host = max_per_host
         self.ratelimiter = RateLimiter(ratelimit) if ratelimit else None
+        self.table: HostTable = table if table is not None else LocalHostTable()
         self.total = 0
-        self._per_host: dict[str, int] = {}
+
+    @property
+    def active(self) -> bool:
+        """False when no per-host limit is configured (nothing to count)."""
+        return bool(self.max_per_host or self.ratelimiter)
 
     def count(self, host: str) -> int:
-        return self._per_host.get(host, 0)
+        state = self.table.get(host)
+        return state[0] if state else 0
 
     def open(self) -> str | None:
         """Take an overall slot at connect time; return None, or the 421 text."""
@@ -158,22 +174,31 @@ class ConnectionLimits:
     def admit(self, host: str) -> str | None:
         """Take a slot for the real client ``host`` (after any PROXY header);
         return None, or the 421 text saying why not."""
-        if self.max_per_host and self._per_host.get(host, 0) >= self.max_per_host:
-            return f"Too many concurrent SMTP connections from [{host}]; please try again later"
-        if self.ratelimiter is not None:
-            ok, rate = self.ratelimiter.hit(host)
-            if not ok:
-                spec = self.ratelimiter.spec
-                return (
-                    f"Connection rate from [{host}] too high ({rate:.1f} > {spec.limit:g} "
-                    f"per {spec.period:g}s); please try again later"
-                )
-        self._per_host[host] = self._per_host.get(host, 0) + 1
+        if not self.active:
+            return None
+        with self.table.lock:
+            count, rate, when = self.table.get(host) or (0, 0.0, 0.0)
+            if self.max_per_host and count >= self.max_per_host:
+                return f"Too many concurrent SMTP connections from [{host}]; please try again later"
+            rl = self.ratelimiter
+            if rl is not None:
+                now = rl._clock()
+                allowed, new_rate, store = rl.step((rate, when) if when else None, now)
+                if store:
+                    rate, when = new_rate, now
+                if not allowed:
+                    self.table.put(host, (count, rate, when))
+                    return (
+                        f"Connection rate from [{host}] too high ({new_rate:.1f} > "
+                        f"{rl.spec.limit:g} per {rl.spec.period:g}s); please try again later"
+                    )
+            self.table.put(host, (count + 1, rate, when))
         return None
 
     def release(self, host: str) -> None:
-        n = self._per_host.get(host, 0) - 1
-        if n > 0:
-            self._per_host[host] = n
-        else:
-            self._per_host.pop(host, None)
+        if not self.active:
+            return
+        with self.table.lock:
+            state = self.table.get(host)
+            if state is not None:
+                self.table.put(host, (max(state[0] - 1, 0), state[1], state[2]))

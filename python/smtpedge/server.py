@@ -25,6 +25,7 @@ from smtpedge import __version__
 from smtpedge.config import Config
 from smtpedge.handlers import check_handler
 from smtpedge.hostlist import HostList
+from smtpedge.hosttable import HostTable
 from smtpedge.limits import ConnectionLimits
 from smtpedge.log import logger
 from smtpedge.protocol import events as ev
@@ -61,7 +62,8 @@ def _fmt(addr: tuple[str, int] | None) -> str:
 class Server:
     """An SMTP server. ``handler`` is an object with optional ``handle_<VERB>``
     coroutines (see ``smtpedge.handlers``); hooks are checked here, so a
-    misspelt hook fails at construction."""
+    misspelt hook fails at construction. Worker processes pass one shared
+    ``host_table`` so per-client limits count across all of them."""
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class Server:
         config: Config | None = None,
         *,
         sockets: list[socket.socket] | None = None,
+        host_table: HostTable | None = None,
     ) -> None:
         self.config = config or Config()
         self.handler = handler
@@ -85,7 +88,10 @@ class Server:
             enforce_sync=cfg.smtp_enforce_sync,
         )
         self.connections = ConnectionLimits(
-            cfg.smtp_accept_max, cfg.smtp_accept_max_per_host, cfg.smtp_connect_ratelimit
+            cfg.smtp_accept_max,
+            cfg.smtp_accept_max_per_host,
+            cfg.smtp_connect_ratelimit,
+            host_table,
         )
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []

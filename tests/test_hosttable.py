@@ -1,0 +1,60 @@
+"""Per-client state shared by worker processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from smtpedge.hosttable import LocalHostTable, SharedHostTable
+from smtpedge.limits import ConnectionLimits, RateLimit
+
+
+@pytest.mark.parametrize("make", [LocalHostTable, SharedHostTable])
+def test_table_round_trip(make: type) -> None:
+    t = make()
+    assert t.get("192.0.2.1") is None
+    t.put("192.0.2.1", (2, 1.5, 100.0))
+    t.put("2001:db8::1", (1, 0.0, 0.0))
+    t.put("not-an-address", (1, 0.0, 0.0))
+    assert t.get("192.0.2.1") == (2, 1.5, 100.0)
+    assert t.get("2001:db8::1") == (1, 0.0, 0.0)
+    assert t.get("not-an-address") == (1, 0.0, 0.0)
+    assert t.get("192.0.2.2") is None
+
+
+def test_shared_table_is_shared_across_fork() -> None:
+    t = SharedHostTable(slots=1024)
+    limits = ConnectionLimits(0, 2, None, t)
+    assert limits.admit("192.0.2.9") is None
+    pid = os.fork()
+    if pid == 0:  # the other worker
+        ok = limits.admit("192.0.2.9") is None and limits.admit("192.0.2.9") is not None
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert limits.count("192.0.2.9") == 2
+    assert limits.admit("192.0.2.9") is not None, "the child's connection counts here too"
+    limits.release("192.0.2.9")
+    assert limits.admit("192.0.2.9") is None
+
+
+def test_shared_table_compacts_when_full() -> None:
+    t = SharedHostTable(slots=64)
+    t.put("10.0.0.1", (1, 0.0, 0.0))  # an open connection survives compaction
+    for i in range(200):
+        t.put(f"10.1.{i // 250}.{i % 250}", (0, 1.0, float(i)))
+    assert t.get("10.0.0.1") == (1, 0.0, 0.0)
+    assert t.get("10.1.0.199") == (0, 1.0, 199.0), "the newest rates are kept"
+    t.reset_counts()
+    assert t.get("10.0.0.1") == (0, 0.0, 0.0)
+
+
+def test_shared_ratelimit() -> None:
+    t = SharedHostTable(slots=1024)
+    limits = ConnectionLimits(0, 0, RateLimit(2, 60, True), t)
+    assert limits.admit("192.0.2.5") is None
+    limits.release("192.0.2.5")
+    assert limits.admit("192.0.2.5") is None
+    refusal = limits.admit("192.0.2.5")
+    assert refusal is not None and "rate" in refusal
