@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpedge import proxy
 from smtpedge.protocol import Limits, Offer, ServerConnection
@@ -402,3 +404,31 @@ def test_timeout_and_shutdown_replies() -> None:
     d = Driver()
     d.conn.shutdown()
     assert d.conn.data_to_send().startswith(b"421 4.3.2")
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(min_value=1, max_value=400), max_size=30))
+def test_any_chunking_gives_the_same_replies_and_messages(cuts: list[int]) -> None:
+    """Split a whole session at arbitrary points: the bytes out and the
+    messages must not depend on how the input arrived."""
+    session = [
+        b"EHLO client.example\r\n",
+        b"MAIL FROM:<a@b.example> SIZE=100\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+        b"Subject: x\r\n\r\n..one\r\ntwo\r\n.\r\n",
+        b"MAIL FROM:<a@b.example>\r\nRCPT TO:<e@f.example>\r\nBDAT 9\r\nchunk\r\n\r\n",
+        b"BDAT 4 LAST\r\nend\n",
+        b"RSET\r\nNOOP\r\nQUIT\r\n",
+    ]
+    whole = Driver(limits=Limits(hostname="mx.test", enforce_sync=False))
+    expected = b"".join(whole.feed(part) for part in session)
+    data = b"".join(session)
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(data[pos : pos + cut])
+        pos += cut
+    pieces.append(data[pos:])
+    d = Driver(limits=Limits(hostname="mx.test", enforce_sync=False))
+    out = b"".join(d.feed(p) for p in pieces if p)
+    assert out == expected
+    assert d.messages == whole.messages
+    assert len(whole.messages) == 1 and b"550 5.5.2" in expected  # the BDAT one had a bare LF

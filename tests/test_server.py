@@ -408,3 +408,16 @@ def test_handle_proxy_can_refuse_a_connection(spool: Path) -> None:
         assert bad.closed_without_data()
         good = _proxied(srv.port, "192.0.2.67")
         assert good.reply().startswith("220")
+
+
+def test_data_timeout(spool: Path) -> None:
+    with RunningServer(spool, smtp_data_timeout=1) as srv:
+        c = Client(srv.port)
+        c.reply()
+        c.cmd("EHLO c")
+        c.cmd("MAIL FROM:<a@b.example>")
+        c.cmd("RCPT TO:<r@c.example>")
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"Subject: stalled\r\n")
+        assert c.reply().startswith("421 4.4.2 mx.test Timeout")
+        assert len(srv.queue()) == 0

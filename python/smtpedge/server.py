@@ -376,7 +376,10 @@ class _Connection(asyncio.Protocol):
         limit = cfg.smtp_data_timeout if state in ("DATA", "BDAT") else cfg.smtp_receive_timeout
         left = self._last + limit - loop.time()
         if left > 0 or self._task is not None:
-            self._timer = loop.call_later(max(left, 1.0), self._check_timer, limit)
+            # Check again when this state's time is up, or sooner if the state
+            # may change to one with a shorter timeout.
+            shortest = min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout)
+            self._timer = loop.call_later(min(max(left, 0.05), shortest), self._check_timer, limit)
             return
         logger.info("SMTP %s timeout for %s", "data" if state in ("DATA", "BDAT") else
                     "command", self._who())  # fmt: skip
@@ -448,7 +451,7 @@ class _Connection(asyncio.Protocol):
         if self.proto.buffered and cfg.smtp_enforce_sync:
             return  # _process reports the early talker
         self.proto.greet(srv.banner, srv.offer_for(self.session.peer[0], name))
-        self._arm(cfg.smtp_receive_timeout)
+        self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
 
     def _welcome_now(self) -> bool:
         """Admit and greet without waiting, when nothing needs awaiting;
