@@ -56,13 +56,14 @@ def main(path: str) -> int:
         if b["group"].startswith("server") or b["group"] == "idle connections":
             continue
         groups[b["group"]][label(b["name"])] = b["stats"]["median"]
-    print("| group | implementation | median | vs rust |")
+    print("| group | implementation | median | vs rust (or plain) |")
     print("|---|---|---:|---:|")
     for group in sorted(groups):
         rows = groups[group]
-        rust = rows.get("rust")
+        base_name = "rust" if "rust" in rows else "plain"
+        rust = rows.get(base_name)
         for impl, median in sorted(rows.items(), key=lambda kv: kv[1]):
-            ratio = f"{median / rust:.1f}x slower" if rust and impl != "rust" else ""
+            ratio = f"{median / rust:.2f}x" if rust and impl != base_name else ""
             print(f"| {group} | {impl} | {fmt(median)} | {ratio} |")
     return 0
 
