@@ -432,3 +432,39 @@ def test_any_chunking_gives_the_same_replies_and_messages(cuts: list[int]) -> No
     assert out == expected
     assert d.messages == whole.messages
     assert len(whole.messages) == 1 and b"550 5.5.2" in expected  # the BDAT one had a bare LF
+
+
+_FRAGMENTS = [
+    b"EHLO x\r\n", b"HELO y\r\n", b"MAIL FROM:<a@b.c>\r\n", b"RCPT TO:<d@e.f>\r\n",
+    b"DATA\r\n", b"BDAT 3\r\n", b"BDAT 0 LAST\r\n", b".\r\n", b"\r\n.\r\n", b"\n", b"\r",
+    b"RSET\r\n", b"NOOP\r\n", b"VRFY x\r\n", b"STARTTLS\r\n", b"MAIL FROM:<> RET=FULL\r\n",
+    b"RCPT TO:<x@y> NOTIFY=NEVER ORCPT=rfc822;x\r\n", b"\x00\xff", b"PROXY TCP4 ",
+]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.binary(max_size=40)), max_size=40),
+    st.booleans(),
+    st.booleans(),
+)
+def test_arbitrary_input_never_raises(parts: list[bytes], expect_proxy: bool, accept: bool) -> None:
+    """Whatever arrives, the protocol answers or closes; it never raises and
+    never stops answering while it has input."""
+    conn = ServerConnection(Limits(hostname="mx.test", max_line=512), expect_proxy=expect_proxy)
+    if not expect_proxy:
+        conn.greet("mx.test", Offer(dsn=True, size_limit=200, starttls=True, vrfy=True))
+    for part in parts:
+        conn.receive_data(part)
+        while (e := conn.next_event()) is not None:
+            if isinstance(e, ev.ProxyReceived):
+                conn.greet("mx.test", Offer())
+            elif e.needs_reply:
+                if isinstance(e, ev.Hello):
+                    conn.respond(e.responses if accept else ["550 5.7.1 no"])
+                else:
+                    conn.respond("250 2.0.0 OK" if accept else "550 5.7.1 no")
+        assert not conn.waiting
+        conn.data_to_send()
+        if conn.closed:
+            break

@@ -421,3 +421,14 @@ def test_data_timeout(spool: Path) -> None:
         c.send(b"Subject: stalled\r\n")
         assert c.reply().startswith("421 4.4.2 mx.test Timeout")
         assert len(srv.queue()) == 0
+
+
+def test_v1_unknown_keeps_real_endpoints(spool: Path) -> None:
+    with RunningServer(spool, hosts_proxy=["127.0.0.1"]) as srv:
+        c = Client(srv.port)
+        c.send(b"PROXY UNKNOWN\r\n")
+        assert c.reply().startswith("220")
+        c.cmd("EHLO hc")
+        assert c.send_message("a@example.org", ["b@example.net"], b"x").startswith("250")
+        [msg] = list(srv.queue().messages())
+        assert msg.client["address"] == "127.0.0.1" and msg.client["proxy"] is None

@@ -83,7 +83,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    logger.info("stopping: %d messages accepted by this process", server.messages_accepted)
+    logger.info("stopping: %d message(s) accepted by this process", server.messages_accepted)
     await server.stop()
 
 
