@@ -192,6 +192,7 @@ def test_config_load(tmp_path: Path) -> None:
     [
         ("hosts_prxy = []", "hosts_prxy", "did you mean hosts_proxy"),
         ('hosts_proxy = ["192.0.2.0/33"]', "hosts_proxy", "bad address"),
+        ('hosts_proxy = ["*.lb.example"]', "hosts_proxy", "no host names"),
         ('proxy_protocol_timeout = "3x"', "proxy_protocol_timeout", "bad duration"),
         ("recipients_max = 0", "recipients_max", "at least 1"),
         ('bare_newline = "allow"', "bare_newline", "'reject'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -132,7 +133,7 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
         print(f"sender: <{msg.sender}>")
         for k, v in msg.raw_mail_params:
             print(f"mail parameter: {k}" + ("" if v is None else f"={v}"))
-        print(f"client: {msg.client}")
+        print(f"client: {json.dumps(msg.client)}")
         for r in msg.recipients:
             extra = "".join(f" {k}" + ("" if v is None else f"={v}") for k, v in r.raw_params)
             print(f"recipient: <{r.address}>{extra}")

@@ -57,6 +57,15 @@ def _hostlist(v: Any) -> HostList:
     raise ValueError("a host list must be a string or an array of strings")
 
 
+def _address_hostlist(v: Any) -> HostList:
+    hl = _hostlist(v)
+    if hl.needs_name:
+        # The decision must be made at connect time, before any byte is read:
+        # a proxy is known by its address, never by a DNS lookup.
+        raise ValueError("takes addresses, networks, localhost and * only (no host names)")
+    return hl
+
+
 def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
     def conv(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
@@ -190,8 +199,10 @@ class Config:
     )
     hosts_proxy: HostList = _opt(
         HostList(),
-        _hostlist,
-        "Hosts (proxies) whose connections must begin with a PROXY v1 or v2 header.",
+        _address_hostlist,
+        "Hosts (proxies) whose connections must begin with a PROXY v1 or v2 header. "
+        "Addresses, networks, `localhost` and `*` only: the choice is made at connect time, "
+        "before any DNS lookup.",
         "[]",
     )
     proxy_protocol_timeout: float = _opt(
