@@ -176,6 +176,9 @@ class Server:
         if self._committer is not None:
             committer, self._committer = self._committer, None
             await asyncio.get_running_loop().run_in_executor(None, committer.close)
+            if committer.batches:
+                logger.info("queue: %d message(s) made durable in %d group commit(s)",
+                            committer.committed, committer.batches)  # fmt: skip
 
     async def __aenter__(self) -> Server:
         await self.start()
