@@ -23,8 +23,9 @@ def _load(port: int, worker: int, acked: dict[str, bytes], stop: threading.Event
             while not stop.is_set():
                 n += 1
                 tag = f"w{worker}-m{n}"
-                # Sizes straddle spool_inline_max so both storage paths are hit.
-                size = rnd.choice([200, 3000, 9000, 40000])
+                # Sizes straddle spool_inline_max and the streaming threshold, so
+                # every storage path is hit: inline, spool file, file written on arrival.
+                size = rnd.choice([200, 3000, 9000, 40000, 600_000])
                 body = f"Subject: {tag}\r\n\r\n".encode() + b"x" * size + f"\r\nEND {tag}".encode()
                 reply = c.send_message(f"{tag}@example.org", ["r@example.net"], body)
                 if reply.startswith("250 2.0.0 OK id="):

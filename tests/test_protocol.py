@@ -468,3 +468,41 @@ def test_arbitrary_input_never_raises(parts: list[bytes], expect_proxy: bool, ac
         conn.data_to_send()
         if conn.closed:
             break
+
+
+def test_bdat_crlf_split_across_chunks_is_not_bare() -> None:
+    d = Driver()
+    d.feed(b"EHLO c\r\n")
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<b@c.example>\r\n")
+    out = d.feed(b"BDAT 3\r\nab\rBDAT 3 LAST\r\n\ncd")
+    assert d.codes(out) == ["250", "250"]
+    assert d.messages == [b"ab\r\ncd"]
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<b@c.example>\r\n")
+    out = d.feed(b"BDAT 3 LAST\r\nab\r")
+    assert out.startswith(b"550 5.5.2"), "a CR at the very end is bare"
+
+
+def test_bdat_normalize_across_chunks() -> None:
+    d = Driver(limits=Limits(bare_newline="normalize"))
+    d.feed(b"EHLO c\r\n")
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<b@c.example>\r\n")
+    d.feed(b"BDAT 3\r\na\nbBDAT 2\r\n\r\rBDAT 2 LAST\r\n\nc")
+    assert d.messages == [b"a\r\nb\r\n\r\nc"]
+
+
+@pytest.mark.parametrize("command", ["DATA", "BDAT"])
+def test_take_data_streams_the_message_out(command: str) -> None:
+    d = Driver()
+    d.feed(b"EHLO c\r\n")
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<b@c.example>\r\n")
+    body = b"line one\r\nline two\r\n"
+    if command == "DATA":
+        d.feed(b"DATA\r\n")
+        d.feed(body[:12])
+    else:
+        d.feed(b"BDAT %d LAST\r\n" % len(body) + body[:12])
+    assert d.conn.data_pending == 12
+    first = d.conn.take_data()
+    assert first == body[:12] and d.conn.data_pending == 0
+    d.feed(body[12:] + (b".\r\n" if command == "DATA" else b""))
+    assert first + d.messages[0] == body

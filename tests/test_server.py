@@ -432,3 +432,73 @@ def test_v1_unknown_keeps_real_endpoints(spool: Path) -> None:
         assert c.send_message("a@example.org", ["b@example.net"], b"x").startswith("250")
         [msg] = list(srv.queue().messages())
         assert msg.client["address"] == "127.0.0.1" and msg.client["proxy"] is None
+
+
+def _big_session(c: Client, body: bytes, *, bdat: bool) -> str:
+    c.reply()
+    c.cmd("EHLO big.example")
+    c.cmd("MAIL FROM:<a@b.example>")
+    c.cmd("RCPT TO:<r@c.example>")
+    if bdat:
+        half = len(body) // 2
+        c.send(b"BDAT %d\r\n" % half + body[:half])
+        assert c.reply().startswith("250")
+        c.send(b"BDAT %d LAST\r\n" % (len(body) - half) + body[half:])
+        return c.reply()
+    assert c.cmd("DATA").startswith("354")
+    for i in range(0, len(body), 100_000):
+        c.send(body[i : i + 100_000])
+    c.send(b".\r\n")
+    return c.reply()
+
+
+@pytest.mark.parametrize("bdat", [False, True], ids=["DATA", "BDAT"])
+def test_big_messages_stream_to_the_spool(spool: Path, bdat: bool) -> None:
+    body = b"Subject: big\r\n\r\n" + b"".join(b"%07d abcdefghijklmnopqrstuvwxyz\r\n" % i
+                                               for i in range(100_000))  # fmt: skip
+    with RunningServer(spool, spool_inline_max="64K") as srv:
+        reply = _big_session(Client(srv.port), body, bdat=bdat)
+        assert reply.startswith("250 2.0.0 OK id=")
+        qid = reply.split("id=")[1]
+        q = srv.queue()
+        content = q.content(qid) or b""
+        assert content.startswith(b"Received: ") and content.endswith(body)
+        msg = q.get(qid)
+        assert msg is not None and msg.size == len(content)
+        assert not list((spool / "spool" / "incoming").iterdir()), "the file moved into the queue"
+
+
+def test_big_message_refused_or_abandoned_leaves_no_file(spool: Path) -> None:
+    body = b"x" * 998 + b"\r\n"
+    with RunningServer(spool, spool_inline_max="64K", message_size_limit="1M") as srv:
+        reply = _big_session(Client(srv.port), body * 2000, bdat=False)  # 2 MB
+        assert reply.startswith("552 5.3.4")
+        c = Client(srv.port)
+        c.reply()
+        c.cmd("EHLO gone.example")
+        c.cmd("MAIL FROM:<a@b.example>")
+        c.cmd("RCPT TO:<r@c.example>")
+        c.cmd("DATA")
+        c.send(body * 500)  # 500 KB, then the client vanishes
+        time.sleep(0.3)
+        assert list((spool / "spool" / "incoming").iterdir()), "written out as it arrived"
+        c.close()
+        time.sleep(0.3)
+        assert not list((spool / "spool" / "incoming").iterdir())
+        assert len(srv.queue()) == 0
+
+
+def test_handle_data_sees_a_big_message(spool: Path) -> None:
+    seen: list[int] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Server, session: Session,
+                              envelope: Envelope) -> str | None:  # fmt: skip
+            seen.append(len(envelope.content or b""))
+            return None
+
+    body = b"y" * 998 + b"\r\n"
+    with RunningServer(spool, Handler(), spool_inline_max="64K") as srv:
+        assert _big_session(Client(srv.port), body * 1000, bdat=False).startswith("250")
+        assert seen == [1000 * 1000]
+        assert len(srv.queue()) == 1

@@ -16,6 +16,7 @@ concurrent sessions share one fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue as _stdqueue
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS messages (
     mail_params TEXT NOT NULL,
     client      TEXT NOT NULL,
     size        INTEGER NOT NULL,
+    header      BLOB NOT NULL,
     content     BLOB,
     spool_file  TEXT
 );
@@ -94,7 +96,10 @@ class _Record:
     mail_params: str
     client: str
     recipients: tuple[Recipient, ...]
+    header: bytes
     content: bytes
+    path: str | None  # a file holding the content, adopted into the spool
+    size: int
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,32 +132,61 @@ class Queue:
 
     # -- writing ----------------------------------------------------------------
 
+    @property
+    def incoming(self) -> Path:
+        """Where a server writes big messages as they arrive (see
+        ``GroupCommitter.store(content_file=...)``); emptied by ``recover()``."""
+        path = self.spool / "incoming"
+        path.mkdir(exist_ok=True)
+        return path
+
     def _write_spool_file(self, record: _Record) -> str:
         sub = self.spool / record.id[-2:]
         sub.mkdir(exist_ok=True)
         final = sub / record.id
-        tmp = sub / (record.id + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(record.content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        if record.path is not None:
+            # Adopt a file written as the message arrived: sync it, move it in.
+            fd = os.open(record.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(record.path, final)
+        else:
+            tmp = sub / (record.id + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(record.content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
         _fsync_dir(sub)
         return f"{record.id[-2:]}/{record.id}"
 
-    def _add_many(self, records: list[_Record]) -> None:
-        """Make every record durable in one transaction."""
+    def _add_many(self, records: list[_Record]) -> dict[str, BaseException]:
+        """Make every record durable in one transaction. A record whose spool
+        file cannot be written fails alone: it is left out and its error
+        returned by ID. A failed transaction raises (and stores nothing)."""
         files = {}
+        failed: dict[str, BaseException] = {}
         for r in records:
-            if len(r.content) > self.inline_max:
-                files[r.id] = self._write_spool_file(r)
+            if r.path is not None or len(r.content) > self.inline_max:
+                try:
+                    files[r.id] = self._write_spool_file(r)
+                except OSError as exc:
+                    failed[r.id] = exc
+                    if r.path is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(r.path)
+        records = [r for r in records if r.id not in failed]
+        if not records:
+            return failed
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
                 [
-                    (r.id, r.arrival, r.sender, r.mail_params, r.client, len(r.content),
+                    (r.id, r.arrival, r.sender, r.mail_params, r.client, r.size, r.header,
                      None if r.id in files else r.content, files.get(r.id))
                     for r in records
                 ],
@@ -174,6 +208,7 @@ class Queue:
             for rel in files.values():
                 (self.spool / rel).unlink(missing_ok=True)
             raise
+        return failed
 
     def add(
         self,
@@ -189,7 +224,9 @@ class Queue:
         """Store one message synchronously; return its queue ID."""
         record = make_record(sender, recipients, content, mail_params or MailParams(),
                              raw_mail_params, client or {}, queue_id)  # fmt: skip
-        self._add_many([record])
+        failed = self._add_many([record])
+        if failed:
+            raise failed[record.id]
         return record.id
 
     # -- reading ----------------------------------------------------------------
@@ -246,14 +283,14 @@ class Queue:
 
     def content(self, queue_id: str) -> bytes | None:
         row = self._db.execute(
-            "SELECT content, spool_file FROM messages WHERE id=?", (queue_id,)
+            "SELECT header, content, spool_file FROM messages WHERE id=?", (queue_id,)
         ).fetchone()
         if row is None:
             return None
-        if row[1] is not None:
-            return (self.spool / str(row[1])).read_bytes()
-        blob: bytes = row[0]
-        return bytes(blob)
+        header = bytes(row[0])
+        if row[2] is not None:
+            return header + (self.spool / str(row[2])).read_bytes()
+        return header + bytes(row[1])
 
     def remove(self, queue_id: str) -> bool:
         row = self._db.execute("SELECT spool_file FROM messages WHERE id=?", (queue_id,)).fetchone()
@@ -273,11 +310,15 @@ def make_record(
     raw_mail_params: tuple[tuple[str, str | None], ...],
     client: dict[str, Any],
     queue_id: str | None = None,
+    header: bytes = b"",
+    content_file: str | None = None,
 ) -> _Record:
     decoded = {f: getattr(mail_params, f) for f in MailParams.__dataclass_fields__}
     params = json.dumps({"decoded": decoded, "raw": list(raw_mail_params)})
-    return _Record(queue_id or new_queue_id(), time.time(), sender, params,
-                   json.dumps(client), tuple(recipients), bytes(content))  # fmt: skip
+    size = len(header) + (os.path.getsize(content_file) if content_file else len(content))
+    return _Record(queue_id or new_queue_id(), time.time(), sender, params, json.dumps(client),
+                   tuple(recipients), bytes(header), bytes(content), content_file,
+                   size)  # fmt: skip
 
 
 class GroupCommitter:
@@ -308,14 +349,22 @@ class GroupCommitter:
         raw_mail_params: tuple[tuple[str, str | None], ...],
         client: dict[str, Any],
         queue_id: str | None = None,
+        header: bytes = b"",
+        content_file: str | None = None,
     ) -> str:
+        """Store a message: ``header`` (the Received line) and then either
+        ``content`` or the file ``content_file``, which is moved into the spool."""
         record = make_record(sender, recipients, content, mail_params, raw_mail_params,
-                             client, queue_id)  # fmt: skip
+                             client, queue_id, header, content_file)  # fmt: skip
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._requests.put((record, fut, loop))
         await fut
         return record.id
+
+    @property
+    def incoming(self) -> Path:
+        return self._queue.incoming
 
     def close(self) -> None:
         self._requests.put(None)
@@ -339,14 +388,15 @@ class GroupCommitter:
                     break
                 batch.append(nxt)
             error: BaseException | None = None
+            failed: dict[str, BaseException] = {}
             try:
-                self._queue._add_many([r for r, _, _ in batch])
+                failed = self._queue._add_many([r for r, _, _ in batch])
                 self.batches += 1
-                self.committed += len(batch)
+                self.committed += len(batch) - len(failed)
             except BaseException as exc:  # reported to every waiting session
                 error = exc
-            for _, fut, loop in batch:
-                loop.call_soon_threadsafe(_settle, fut, error)
+            for record, fut, loop in batch:
+                loop.call_soon_threadsafe(_settle, fut, failed.get(record.id, error))
             if stop:
                 return
 

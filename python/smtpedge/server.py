@@ -19,7 +19,8 @@ import itertools
 import os
 import socket
 from collections.abc import Coroutine
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 from smtpedge import __version__
 from smtpedge.config import Config
@@ -37,6 +38,7 @@ from smtpedge.session import Envelope, Recipient, Session
 __all__ = ["Server"]
 
 _READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
+_SPILL_CHUNK = 256 * 1024  # write big messages out in pieces of about this size
 _session_ids = itertools.count(1)
 
 
@@ -127,6 +129,12 @@ class Server:
         """Open the queue and start listening."""
         cfg = self.config
         cfg.spool_path.mkdir(parents=True, exist_ok=True)
+        if self._sockets is None:
+            # A server on its own (not a worker of smtpedge serve, whose parent
+            # did this before forking): clear what a crash left half-written.
+            q = self.open_queue()
+            q.recover()
+            q.close()
         self._committer = GroupCommitter(
             cfg.spool_path, inline_max=cfg.spool_inline_max, batch_max=cfg.queue_commit_batch
         )
@@ -220,7 +228,8 @@ class Server:
         once it is on stable storage."""
         if self._committer is None:
             raise RuntimeError("the server is not running")
-        assert envelope.content is not None and envelope.mail_from is not None
+        assert envelope.mail_from is not None
+        assert envelope.content is not None or envelope.content_file is not None
         qid = new_queue_id()
         header = received_header(session, envelope, self.hostname, qid, __version__)
         client = {
@@ -231,10 +240,12 @@ class Server:
             "proxy": list(session.proxy_peer) if session.proxy_peer else None,
             "session": session.id,
         }
+        file = envelope.content_file
         await self._committer.store(
-            envelope.mail_from, envelope.recipients, header + envelope.content,
+            envelope.mail_from, envelope.recipients,
+            b"" if file is not None else envelope.content or b"",
             mail_params=envelope.mail_params, raw_mail_params=envelope.raw_mail_params,
-            client=client, queue_id=qid,
+            client=client, queue_id=qid, header=header, content_file=file,
         )  # fmt: skip
         self.messages_accepted += 1
         return qid
@@ -265,6 +276,8 @@ class _Connection(asyncio.Protocol):
         "_closing",
         "_last",
         "_paused",
+        "_spill",
+        "_spill_path",
         "_task",
         "_timer",
         "_transport",
@@ -283,6 +296,8 @@ class _Connection(asyncio.Protocol):
         self._last = 0.0
         self._paused = False
         self._closing = False
+        self._spill: BinaryIO | None = None
+        self._spill_path: Path | None = None
         self.admitted: str | None = None  # the host holding a per-host slot
         self.envelope = Envelope()
 
@@ -341,6 +356,8 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        else:
+            self._discard_spill()
         if not self._closing and not self.proto.closed:
             logger.info("SMTP connection from %s lost%s", self._who(),
                         f": {exc}" if exc else "")  # fmt: skip
@@ -491,7 +508,32 @@ class _Connection(asyncio.Protocol):
                     break
                 continue
             self._inform(event)
+        if self._spill is not None or proto.data_pending >= _SPILL_CHUNK:
+            self._spill_data()
         self._flush()
+
+    def _spill_data(self) -> None:
+        """Write a big message to a spool file as it arrives, so memory holds
+        at most a chunk of it, whatever the size limit."""
+        proto = self.proto
+        if self._spill is None:
+            if proto.data_pending <= self.server.config.spool_inline_max:
+                return
+            committer = self.server._committer
+            assert committer is not None
+            self._spill_path = committer.incoming / f"{self.session.id}.{self.session.messages}"
+            self._spill = open(self._spill_path, "wb")
+        elif proto.data_pending < _SPILL_CHUNK:
+            return
+        self._spill.write(proto.take_data())
+
+    def _discard_spill(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        if self._spill_path is not None:
+            self._spill_path.unlink(missing_ok=True)
+            self._spill_path = None
 
     def _inform(self, event: ev.Event) -> None:
         s = self.session
@@ -508,10 +550,12 @@ class _Connection(asyncio.Protocol):
             logger.info("SMTP protocol error from %s in %r: %s", self._who(), line,
                         event.error.reply.decode().strip())  # fmt: skip
         elif isinstance(event, ev.MessageRefused):
+            self._discard_spill()
             logger.info("message from %s refused in %s: %s", self._who(), event.command,
                         event.error.reply.decode().strip())  # fmt: skip
             self.envelope = Envelope()
         elif isinstance(event, ev.Reset):
+            self._discard_spill()
             self.envelope = Envelope()
             if "RSET" in self.server.hooks:
                 self._start(self._call_void("RSET"))
@@ -581,6 +625,7 @@ class _Connection(asyncio.Protocol):
         return False
 
     def _set_hello(self, event: ev.Hello) -> None:
+        self._discard_spill()
         self.session.host_name = event.name
         self.session.extended_smtp = event.extended
         self.envelope = Envelope()
@@ -635,19 +680,36 @@ class _Connection(asyncio.Protocol):
     async def _message(self, event: ev.MessageReceived) -> None:
         srv = self.server
         s, env = self.session, self.envelope
-        env.content = event.content
+        size = len(event.content)
+        if self._spill is not None:
+            self._spill.write(event.content)
+            self._spill.close()
+            self._spill = None
+            assert self._spill_path is not None
+            env.content_file = str(self._spill_path)
+            size = self._spill_path.stat().st_size
+        else:
+            env.content = event.content
         reply: str | None = None
-        if "DATA" in srv.hooks:
-            reply = await srv.hooks["DATA"](srv, s, env)
         qid = None
-        if reply is None:
-            try:
-                qid = await srv.queue_message(s, env)
-            except Exception as exc:
-                logger.error("message from %s NOT queued: %r", self._who(), exc)
-                reply = "451 4.3.0 Local error in processing: message not queued"
-            else:
-                reply = f"250 2.0.0 OK id={qid}"
+        try:
+            if "DATA" in srv.hooks:
+                if env.content is None and env.content_file is not None:
+                    env.content = Path(env.content_file).read_bytes()
+                reply = await srv.hooks["DATA"](srv, s, env)
+            if reply is None:
+                # From here the committer owns the spool file: it moves it into
+                # the queue, or removes it if the message cannot be stored.
+                self._spill_path = None
+                try:
+                    qid = await srv.queue_message(s, env)
+                except Exception as exc:
+                    logger.error("message from %s NOT queued: %r", self._who(), exc)
+                    reply = "451 4.3.0 Local error in processing: message not queued"
+                else:
+                    reply = f"250 2.0.0 OK id={qid}"
+        finally:
+            self._discard_spill()  # queued (moved into the spool), or not wanted
         if self._transport is None or self._transport.is_closing():
             if qid:
                 logger.info("%s <= <%s> H=%s: client gone before the 250 reply", qid,
@@ -659,7 +721,7 @@ class _Connection(asyncio.Protocol):
             logger.info(
                 "%s <= <%s> H=(%s) %s P=%s S=%d for %s",
                 qid or "-", env.mail_from, s.host_name, self._who(),
-                protocol_name(s, env).lower(), len(event.content),
+                protocol_name(s, env).lower(), size,
                 " ".join(f"<{r.address}>" for r in env.recipients),
             )  # fmt: skip
         self.envelope = Envelope()

@@ -78,7 +78,10 @@ class Envelope:
 
     ``content`` holds the message as received (without the Received header
     smtpedge adds when it queues the message); ``original_content`` is an alias
-    kept for aiosmtpd users.
+    kept for aiosmtpd users. A message bigger than ``spool_inline_max`` is
+    written to a spool file as it arrives: ``content_file`` names it, and
+    ``content`` is read from it only when a ``handle_DATA`` hook is there to
+    see it.
     """
 
     mail_from: str | None = None
@@ -87,6 +90,7 @@ class Envelope:
     recipients: list[Recipient] = field(default_factory=list)
     content: bytes | None = None
     smtputf8: bool = False
+    content_file: str | None = None
 
     @property
     def rcpt_tos(self) -> list[str]:

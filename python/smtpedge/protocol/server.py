@@ -39,6 +39,9 @@ _GROUP_ENDERS = frozenset(("EHLO", "HELO", "DATA", "VRFY", "EXPN", "STARTTLS", "
 # A bare CR or LF in BDAT content (BDAT has no terminator to smuggle, but the
 # message may be relayed later with DATA).
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_BARE_ERROR = SMTPError(
+    550, "5.5.2", "Message contains a bare CR or LF (line endings must be CRLF)"
+)
 _HELP = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"
 
 
@@ -112,6 +115,7 @@ class ServerConnection:
         "_bdat_left",
         "_bdat_parts",
         "_bdat_size",
+        "_bdat_tail",
         "_buf",
         "_data_parts",
         "_errors",
@@ -150,6 +154,7 @@ class ServerConnection:
         self._bdat_left = 0
         self._bdat_size = 0
         self._bdat_parts: list[bytes] = []
+        self._bdat_tail = b""
         self._bdat_failed: SMTPError | None = None
         self._bdat_error: SMTPError | None = None
         self._bdat_last = False
@@ -211,6 +216,22 @@ class ServerConnection:
         self.helo = None
         self.esmtp = False
         self._reset_transaction()
+
+    @property
+    def data_pending(self) -> int:
+        """Message bytes received and held here (DATA or BDAT) so far."""
+        parts = self._data_parts if self.state == DATA else self._bdat_parts
+        return sum(map(len, parts))
+
+    def take_data(self) -> bytes:
+        """Hand over the message bytes held so far, so that a big message can
+        be written out as it arrives; ``MessageReceived.content`` then holds
+        only the rest."""
+        if self.state == DATA:
+            parts, self._data_parts = self._data_parts, []
+        else:
+            parts, self._bdat_parts = self._bdat_parts, []
+        return b"".join(parts)
 
     def respond(self, reply: str | Sequence[str]) -> bool:
         """Answer the pending decision event; return True if it was accepted
@@ -307,6 +328,7 @@ class ServerConnection:
         self._utf8_txn = False
         self._via_bdat = False
         self._bdat_parts = []
+        self._bdat_tail = b""
         self._bdat_size = 0
         self._bdat_failed = None
 
@@ -518,7 +540,7 @@ class ServerConnection:
         take = min(self._bdat_left, len(buf))
         if take:
             if self._bdat_error is None and self._bdat_failed is None:
-                self._bdat_parts.append(bytes(buf[:take]))
+                self._bdat_piece(bytes(buf[:take]))
             del buf[:take]
             self._bdat_left -= take
         if self._bdat_left:
@@ -537,18 +559,37 @@ class ServerConnection:
         if not self._bdat_last:
             self._send(_reply(250, "2.0.0", f"{self._bdat_size} octets received"))
             return None
+        if self._bdat_tail:  # the message ends in a bare CR
+            self._bdat_tail = b""
+            if self.limits.bare_newline == "reject":
+                return self._bdat_refuse(_BARE_ERROR)
+            self._bdat_parts.append(b"\r\n")
         content = b"".join(self._bdat_parts)
         self._bdat_parts = []
-        if _BARE.search(content) is not None:
-            if self.limits.bare_newline == "reject":
-                error = SMTPError(
-                    550, "5.5.2", "Message contains a bare CR or LF (line endings must be CRLF)"
-                )
-                self._out.append(error.reply)
-                self._reset_transaction()
-                return ev.MessageRefused(error, "BDAT")
-            content = re.sub(rb"\r\n|\r|\n", b"\r\n", content)
         return self._decide(ev.MessageReceived(content, "BDAT"))
+
+    def _bdat_refuse(self, error: SMTPError) -> ev.Event:
+        self._out.append(error.reply)
+        self._reset_transaction()
+        return ev.MessageRefused(error, "BDAT")
+
+    def _bdat_piece(self, piece: bytes) -> None:
+        """Check (or normalise) line endings of BDAT content as it arrives. A
+        CR at the end of a piece is held back until the next byte shows
+        whether it starts a CRLF."""
+        s = self._bdat_tail + piece if self._bdat_tail else piece
+        if s.endswith(b"\r"):
+            s, self._bdat_tail = s[:-1], b"\r"
+        else:
+            self._bdat_tail = b""
+        if _BARE.search(s) is not None:
+            if self.limits.bare_newline == "reject":
+                self._bdat_failed = _BARE_ERROR
+                self._bdat_parts = []
+                return
+            s = re.sub(rb"\r\n|\r|\n", b"\r\n", s)
+        if s:
+            self._bdat_parts.append(s)
 
     def _rset(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
         self._reset_transaction()
