@@ -268,7 +268,8 @@ class Config:
         1024 * 1024,
         _size,
         "Messages up to this size are stored inside the queue database (one fsync per batch); "
-        "larger ones go to spool files.",
+        "larger ones go to spool files, written to disk as they arrive so that memory never "
+        "holds a whole big message.",
         '"1M"',
     )
     queue_commit_batch: int = _opt(
