@@ -506,3 +506,15 @@ def test_take_data_streams_the_message_out(command: str) -> None:
     assert first == body[:12] and d.conn.data_pending == 0
     d.feed(body[12:] + (b".\r\n" if command == "DATA" else b""))
     assert first + d.messages[0] == body
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_proxy_header_from_a_host_that_is_not_a_proxy(version: int) -> None:
+    header = proxy.build_header(version, "PROXY", ("192.0.2.7", 4000), ("198.51.100.1", 25))
+    d = Driver()
+    out = d.feed(header + b"EHLO c\r\n")
+    assert out.startswith(b"554 5.7.0 PROXY protocol header not accepted")
+    assert isinstance(d.events[0], ev.ProxyRejected) and d.conn.closed
+    d = Driver()
+    d.feed(b"NOOP\r\n")
+    assert d.feed(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").startswith(b"500 5.5.1"), "only first"

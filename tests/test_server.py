@@ -502,3 +502,16 @@ def test_handle_data_sees_a_big_message(spool: Path) -> None:
         assert _big_session(Client(srv.port), body * 1000, bdat=False).startswith("250")
         assert seen == [1000 * 1000]
         assert len(srv.queue()) == 1
+
+
+def test_proxy_header_from_a_host_not_in_hosts_proxy(
+    spool: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpedge")
+    with RunningServer(spool, hosts_proxy=["127.0.0.2"]) as srv:
+        c = Client(srv.port)
+        c.reply()
+        c.send(PROXY_V2)
+        assert c.reply().startswith("554 5.7.0")
+    assert "PROXY header from [127.0.0.1]:" in caplog.text
+    assert "which is not in hosts_proxy: refused" in caplog.text

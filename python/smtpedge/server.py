@@ -539,6 +539,9 @@ class _Connection(asyncio.Protocol):
         s = self.session
         if isinstance(event, ev.ProxyReceived):
             self._proxy(event.header)
+        elif isinstance(event, ev.ProxyRejected) and event.reason.endswith("not in hosts_proxy"):
+            logger.info("PROXY header from %s, which is not in hosts_proxy: refused",
+                        _fmt(s.peer))  # fmt: skip
         elif isinstance(event, ev.ProxyRejected):
             logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
                         _fmt(s.peer), event.reason, event.offset)  # fmt: skip

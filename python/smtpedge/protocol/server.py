@@ -123,6 +123,7 @@ class ServerConnection:
         "_pending",
         "_scanner",
         "_skip_line",
+        "_started",
         "_unknown",
         "_utf8_txn",
         "_via_bdat",
@@ -149,6 +150,7 @@ class ServerConnection:
         self._errors = 0
         self._unknown = 0
         self._skip_line = False
+        self._started = False
         self._scanner: DataScanner | None = None
         self._data_parts: list[bytes] = []
         self._bdat_left = 0
@@ -271,6 +273,10 @@ class ServerConnection:
             if state == COMMAND:
                 if self._skip_line and not self._skip_long_line():
                     return None
+                if not self._started and self._buf:
+                    unexpected = self._unexpected_proxy()
+                    if unexpected is not None:
+                        return unexpected
                 nl = self._buf.find(b"\n")
                 if nl < 0:
                     if len(self._buf) > self.limits.max_line:
@@ -376,6 +382,19 @@ class ServerConnection:
         return ev.Closed(f"synchronization error after {line[:32]!r}")
 
     # -- PROXY ------------------------------------------------------------------
+
+    def _unexpected_proxy(self) -> ev.Event | None:
+        """A PROXY header from a host that is not a proxy (not in hosts_proxy)
+        is refused outright rather than read as commands, so a proxy missing
+        from the list shows up as such in the log. Checked on the first bytes
+        of the session only."""
+        buf = self._buf
+        if buf.startswith(proxy.V2_SIGNATURE) or buf.startswith(b"PROXY "):
+            self._send(_reply(554, "5.7.0", "PROXY protocol header not accepted from this host"))
+            self._close()
+            return ev.ProxyRejected("PROXY header from a host not in hosts_proxy", 0)
+        self._started = True
+        return None
 
     def _proxy(self) -> ev.Event | None:
         try:
