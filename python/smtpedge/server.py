@@ -14,51 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import itertools
-import os
 import socket
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from smtpedge import __version__
 from smtpedge.config import Config
+from smtpedge.connection import Connection, fmt_address, sock_address
 from smtpedge.handlers import check_handler
 from smtpedge.hostlist import HostList
 from smtpedge.hosttable import HostTable
 from smtpedge.limits import ConnectionLimits
 from smtpedge.log import logger
-from smtpedge.protocol import events as ev
-from smtpedge.protocol.server import Limits, Offer, ServerConnection
+from smtpedge.protocol.server import Limits, Offer
 from smtpedge.queue import GroupCommitter, Queue, new_queue_id
 from smtpedge.received import protocol_name, received_header
-from smtpedge.session import Envelope, Recipient, Session
+from smtpedge.session import Envelope, Session
 
 __all__ = ["Server"]
-
-_READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
-_SPILL_CHUNK = 256 * 1024  # write big messages out in pieces of about this size
-_session_ids = itertools.count(1)
-
-
-def _addr(sockaddr: Any) -> tuple[str, int]:
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        host = str(sockaddr[0])
-        if ":" not in host:
-            return host, int(sockaddr[1])
-        with contextlib.suppress(ValueError):
-            ip = ipaddress.ip_address(host.split("%")[0])
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                host = str(ip.ipv4_mapped)
-        return host, int(sockaddr[1])
-    return ("unknown", 0)
-
-
-def _fmt(addr: tuple[str, int] | None) -> str:
-    if addr is None:
-        return "[unknown]"
-    return f"[{addr[0]}]:{addr[1]}"
 
 
 class Server:
@@ -97,7 +69,7 @@ class Server:
         )
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
-        self._active: set[_Connection] = set()
+        self._active: set[Connection] = set()
         self._committer: GroupCommitter | None = None
         self._needs_name = any(
             isinstance(getattr(cfg, n), HostList) and getattr(cfg, n).needs_name
@@ -118,7 +90,7 @@ class Server:
         out = []
         for srv in self._servers:
             for sock in srv.sockets:
-                out.append(_addr(sock.getsockname()))
+                out.append(sock_address(sock.getsockname()))
         return out
 
     @property
@@ -142,20 +114,20 @@ class Server:
         if self._sockets is not None:
             for sock in self._sockets:
                 self._servers.append(
-                    await loop.create_server(lambda: _Connection(self), sock=sock, backlog=4096)
+                    await loop.create_server(lambda: Connection(self), sock=sock, backlog=4096)
                 )
         else:
             for host in cfg.local_interfaces:
                 for port in cfg.daemon_smtp_ports:
                     self._servers.append(
                         await loop.create_server(
-                            lambda: _Connection(self), host, port, backlog=4096,
+                            lambda: Connection(self), host, port, backlog=4096,
                             reuse_address=True,
                         )
                     )  # fmt: skip
         for srv in self._servers:
             for sock in srv.sockets:
-                logger.info("listening on %s", _fmt(_addr(sock.getsockname())))
+                logger.info("listening on %s", fmt_address(sock_address(sock.getsockname())))
 
     async def serve_forever(self) -> None:
         if not self._servers:
@@ -252,479 +224,3 @@ class Server:
 
     def open_queue(self) -> Queue:
         return Queue(self.config.spool_path, inline_max=self.config.spool_inline_max)
-
-
-async def _verified_name(ip: str) -> str | None:
-    """The client's reverse DNS name, if it resolves forward to the same address."""
-    loop = asyncio.get_running_loop()
-    try:
-        name, _, _ = await asyncio.wait_for(
-            loop.run_in_executor(None, socket.gethostbyaddr, ip), 5.0
-        )
-        infos = await asyncio.wait_for(loop.getaddrinfo(name, None), 5.0)
-    except (OSError, TimeoutError):
-        return None
-    if any(str(info[4][0]) == ip for info in infos):
-        return str(name)
-    return None
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: feeds the protocol, runs hooks, keeps timers."""
-
-    __slots__ = (
-        "_closing",
-        "_last",
-        "_paused",
-        "_spill",
-        "_spill_path",
-        "_task",
-        "_timer",
-        "_transport",
-        "admitted",
-        "envelope",
-        "proto",
-        "server",
-        "session",
-    )
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = 0.0
-        self._paused = False
-        self._closing = False
-        self._spill: BinaryIO | None = None
-        self._spill_path: Path | None = None
-        self.admitted: str | None = None  # the host holding a per-host slot
-        self.envelope = Envelope()
-
-    # -- asyncio callbacks ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not inherit from asyncio.Transport.
-        self._transport = cast(asyncio.Transport, transport)
-        srv = self.server
-        cfg = srv.config
-        peer = _addr(transport.get_extra_info("peername"))
-        sock = _addr(transport.get_extra_info("sockname"))
-        self.session = Session(f"{os.getpid():x}.{next(_session_ids)}", peer, sock)
-        srv._active.add(self)
-        refusal = srv.connections.open()
-        expect_proxy = bool(cfg.hosts_proxy) and cfg.hosts_proxy.match(peer[0])
-        self.proto = ServerConnection(srv.limits, expect_proxy=expect_proxy)
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if refusal is not None:
-            srv.connections.total += 1  # balanced by connection_lost
-            logger.info("SMTP connection from %s refused: %s", _fmt(peer), refusal)
-            self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
-            self._flush()
-            return
-        if expect_proxy:
-            self._arm(cfg.proxy_protocol_timeout)
-            return
-        if self._welcome_now():
-            self._flush()
-        else:
-            self._start(self._welcome())
-
-    def data_received(self, data: bytes) -> None:
-        self._last = asyncio.get_running_loop().time() if self._timer else self._last
-        self.proto.receive_data(data)
-        if self._task is None:
-            self._process()
-        elif self.proto.buffered > _READ_PAUSE and not self._paused:
-            assert self._transport is not None
-            self._transport.pause_reading()
-            self._paused = True
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        srv = self.server
-        srv._active.discard(self)
-        srv.connections.close()
-        if self.admitted is not None:
-            srv.connections.release(self.admitted)
-            self.admitted = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        else:
-            self._discard_spill()
-        if not self._closing and not self.proto.closed:
-            logger.info("SMTP connection from %s lost%s", self._who(),
-                        f": {exc}" if exc else "")  # fmt: skip
-
-    # -- helpers ----------------------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return self._task is None and not self.proto.waiting and not self.proto.buffered
-
-    def _who(self) -> str:
-        s = self.session
-        if s.proxy_peer is not None:
-            return f"{_fmt(s.peer)} PX={_fmt(s.proxy_peer)}"
-        return _fmt(s.peer)
-
-    def _arm(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_later(timeout, self._check_timer, timeout)
-
-    def _check_timer(self, timeout: float) -> None:
-        self._timer = None
-        if self._transport is None or self._transport.is_closing():
-            return
-        loop = asyncio.get_running_loop()
-        state = self.proto.state
-        if state == "PROXY":
-            logger.info("PROXY header timeout from proxy %s after %.1fs: closed without banner",
-                        _fmt(self.session.peer), timeout)  # fmt: skip
-            self._close()
-            return
-        cfg = self.server.config
-        limit = cfg.smtp_data_timeout if state in ("DATA", "BDAT") else cfg.smtp_receive_timeout
-        left = self._last + limit - loop.time()
-        if left > 0 or self._task is not None:
-            # Check again when this state's time is up, or sooner if the state
-            # may change to one with a shorter timeout.
-            shortest = min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout)
-            self._timer = loop.call_later(min(max(left, 0.05), shortest), self._check_timer, limit)
-            return
-        logger.info("SMTP %s timeout for %s", "data" if state in ("DATA", "BDAT") else
-                    "command", self._who())  # fmt: skip
-        self.proto.timeout()
-        self._flush()
-
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._task = asyncio.get_running_loop().create_task(coro)
-        self._task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._task = None
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            logger.error("internal error in session %s from %s: %r", self.session.id,
-                         self._who(), exc)  # fmt: skip
-            self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
-            self._flush()
-            return
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-        self._process()
-
-    def _flush(self) -> None:
-        t = self._transport
-        if t is None:
-            return
-        out = self.proto.data_to_send()
-        if out and not t.is_closing():
-            t.write(out)
-        if self.proto.closed:
-            self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def shutdown(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            if self.proto.state in ("PROXY", "GREETING"):
-                self._close()
-                return
-            self.proto.shutdown()
-            self._flush()
-
-    # -- the session ------------------------------------------------------------------
-
-    def _admit(self) -> bool:
-        """Take a per-host slot for the real client, or refuse it (421)."""
-        srv = self.server
-        peer = self.session.peer
-        refusal = srv.connections.admit(peer[0])
-        if refusal is not None:
-            logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
-            self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
-            return False
-        self.admitted = peer[0]
-        return True
-
-    def _greet(self, name: str | None) -> None:
-        srv = self.server
-        cfg = srv.config
-        if self.proto.state != "GREETING":
-            return
-        if self.proto.buffered and cfg.smtp_enforce_sync:
-            return  # _process reports the early talker
-        self.proto.greet(srv.banner, srv.offer_for(self.session.peer[0], name))
-        self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
-
-    def _welcome_now(self) -> bool:
-        """Admit and greet without waiting, when nothing needs awaiting;
-        return False when ``_welcome`` must run as a task."""
-        srv = self.server
-        if srv._needs_name or srv.config.smtp_banner_delay > 0:
-            return False
-        if self._admit():
-            self._greet(None)
-        return True
-
-    async def _welcome(self) -> None:
-        """Admit the real client (limits), look up its name if a host list
-        needs it, wait out any banner delay, then greet it."""
-        srv = self.server
-        if not self._admit():
-            return
-        name = await _verified_name(self.session.peer[0]) if srv._needs_name else None
-        if srv.config.smtp_banner_delay > 0:
-            await asyncio.sleep(srv.config.smtp_banner_delay)
-        self._greet(name)
-
-    def _process(self) -> None:
-        """Run protocol events until input runs out or a hook must be awaited."""
-        proto = self.proto
-        while self._task is None:
-            event = proto.next_event()
-            if event is None:
-                break
-            self._last = asyncio.get_running_loop().time()
-            if event.needs_reply:
-                if not self._decide_now(event):
-                    self._start(self._decide(event))
-                    break
-                continue
-            self._inform(event)
-        if self._spill is not None or proto.data_pending >= _SPILL_CHUNK:
-            self._spill_data()
-        self._flush()
-
-    def _spill_data(self) -> None:
-        """Write a big message to a spool file as it arrives, so memory holds
-        at most a chunk of it, whatever the size limit."""
-        proto = self.proto
-        if self._spill is None:
-            if proto.data_pending <= self.server.config.spool_inline_max:
-                return
-            committer = self.server._committer
-            assert committer is not None
-            self._spill_path = committer.incoming / f"{self.session.id}.{self.session.messages}"
-            self._spill = open(self._spill_path, "wb")
-        elif proto.data_pending < _SPILL_CHUNK:
-            return
-        self._spill.write(proto.take_data())
-
-    def _discard_spill(self) -> None:
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
-        if self._spill_path is not None:
-            self._spill_path.unlink(missing_ok=True)
-            self._spill_path = None
-
-    def _inform(self, event: ev.Event) -> None:
-        s = self.session
-        if isinstance(event, ev.ProxyReceived):
-            self._proxy(event.header)
-        elif isinstance(event, ev.ProxyRejected) and event.reason.endswith("not in hosts_proxy"):
-            logger.info("PROXY header from %s, which is not in hosts_proxy: refused",
-                        _fmt(s.peer))  # fmt: skip
-        elif isinstance(event, ev.ProxyRejected):
-            logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
-                        _fmt(s.peer), event.reason, event.offset)  # fmt: skip
-        elif isinstance(event, ev.EarlyTalker):
-            logger.info("SMTP early talker %s: sent %r before the banner: refused",
-                        self._who(), event.preview[:32])  # fmt: skip
-        elif isinstance(event, ev.ProtocolViolation):
-            line = event.line.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
-            logger.info("SMTP protocol error from %s in %r: %s", self._who(), line,
-                        event.error.reply.decode().strip())  # fmt: skip
-        elif isinstance(event, ev.MessageRefused):
-            self._discard_spill()
-            logger.info("message from %s refused in %s: %s", self._who(), event.command,
-                        event.error.reply.decode().strip())  # fmt: skip
-            self.envelope = Envelope()
-        elif isinstance(event, ev.Reset):
-            self._discard_spill()
-            self.envelope = Envelope()
-            if "RSET" in self.server.hooks:
-                self._start(self._call_void("RSET"))
-        elif isinstance(event, ev.Quit):
-            logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
-                        s.messages, "" if s.messages == 1 else "s")  # fmt: skip
-            if "QUIT" in self.server.hooks:
-                self._start(self._call_void("QUIT"))
-        elif isinstance(event, ev.Closed):
-            logger.info("SMTP connection from %s closed: %s", self._who(), event.reason)
-
-    async def _call_void(self, verb: str) -> None:
-        await self.server.hooks[verb](self.server, self.session, self.envelope)
-
-    def _proxy(self, header: Any) -> None:
-        """Adopt the addresses of a PROXY header (LOCAL, UNKNOWN and UNIX
-        headers keep the real endpoints), then run the hook and greet."""
-        s = self.session
-        s.proxy_header = header
-        src, dst = header.source, header.destination
-        if src is not None and dst is not None and src[1] is not None and dst[1] is not None:
-            s.proxy_peer = s.peer
-            s.peer = (str(src[0]), int(src[1]))
-            s.proxy_destination = (str(dst[0]), int(dst[1]))
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if "PROXY" in self.server.hooks:
-            self._start(self._proxy_hook(header))
-        elif not self._welcome_now():
-            self._start(self._welcome())
-
-    async def _proxy_hook(self, header: Any) -> None:
-        s = self.session
-        ok = await self.server.hooks["PROXY"](self.server, s, self.envelope, header)
-        if ok is not None and not ok:
-            logger.info("PROXY header from proxy %s refused by handle_PROXY: closed",
-                        _fmt(s.proxy_peer or s.peer))  # fmt: skip
-            self.proto.close()
-            return
-        if not self._welcome_now():
-            await self._welcome()
-
-    def _decide_now(self, event: ev.Event) -> bool:
-        """Answer a decision event at once when no hook has a say in it."""
-        hooks = self.server.hooks
-        if isinstance(event, ev.RcptTo):
-            if "RCPT" in hooks:
-                return False
-            if self.proto.respond("250 2.1.5 Recipient OK"):
-                self.envelope.recipients.append(
-                    Recipient(event.path.mailbox, event.params, event.raw_params)
-                )
-            return True
-        if isinstance(event, ev.MailFrom):
-            if "MAIL" in hooks:
-                return False
-            if self.proto.respond("250 2.1.0 Sender OK"):
-                self._set_sender(event)
-            return True
-        if isinstance(event, ev.Hello):
-            if ("EHLO" if event.extended else "HELO") in hooks:
-                return False
-            if self.proto.respond(event.responses):
-                self._set_hello(event)
-            return True
-        return False
-
-    def _set_hello(self, event: ev.Hello) -> None:
-        self._discard_spill()
-        self.session.host_name = event.name
-        self.session.extended_smtp = event.extended
-        self.envelope = Envelope()
-
-    def _set_sender(self, event: ev.MailFrom) -> None:
-        env = self.envelope
-        env.mail_from = event.path.mailbox
-        env.mail_params = event.params
-        env.raw_mail_params = event.raw_params
-        env.smtputf8 = event.params.smtputf8
-
-    async def _decide(self, event: ev.Event) -> None:
-        srv = self.server
-        s, env = self.session, self.envelope
-        hooks = srv.hooks
-        reply: Any = None
-        if isinstance(event, ev.Hello):
-            verb = "EHLO" if event.extended else "HELO"
-            if verb == "EHLO" and "EHLO" in hooks:
-                reply = await hooks["EHLO"](srv, s, env, event.name, list(event.responses))
-            elif verb == "HELO" and "HELO" in hooks:
-                reply = await hooks["HELO"](srv, s, env, event.name)
-            if self.proto.respond(reply or list(event.responses)):
-                self._set_hello(event)
-        elif isinstance(event, ev.MailFrom):
-            address = event.path.mailbox
-            if "MAIL" in hooks:
-                opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
-                reply = await hooks["MAIL"](srv, s, env, address, opts)
-            if self.proto.respond(reply or "250 2.1.0 Sender OK"):
-                self._set_sender(event)
-        elif isinstance(event, ev.RcptTo):
-            address = event.path.mailbox
-            if "RCPT" in hooks:
-                opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
-                reply = await hooks["RCPT"](srv, s, env, address, opts)
-            if self.proto.respond(reply or "250 2.1.5 Recipient OK"):
-                env.recipients.append(Recipient(address, event.params, event.raw_params))
-        elif isinstance(event, ev.MessageReceived):
-            await self._message(event)
-        elif isinstance(event, ev.Verify):
-            if "VRFY" in hooks:
-                reply = await hooks["VRFY"](srv, s, env, event.argument)
-            self.proto.respond(
-                reply or "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
-            )
-        elif isinstance(event, ev.StartTLS):
-            self.proto.respond("454 4.7.0 TLS not available")
-        else:  # pragma: no cover - every decision event is handled above
-            raise AssertionError(f"unhandled event {event!r}")
-
-    async def _message(self, event: ev.MessageReceived) -> None:
-        srv = self.server
-        s, env = self.session, self.envelope
-        size = len(event.content)
-        if self._spill is not None:
-            self._spill.write(event.content)
-            self._spill.close()
-            self._spill = None
-            assert self._spill_path is not None
-            env.content_file = str(self._spill_path)
-            size = self._spill_path.stat().st_size
-        else:
-            env.content = event.content
-        reply: str | None = None
-        qid = None
-        try:
-            if "DATA" in srv.hooks:
-                if env.content is None and env.content_file is not None:
-                    env.content = Path(env.content_file).read_bytes()
-                reply = await srv.hooks["DATA"](srv, s, env)
-            if reply is None:
-                # From here the committer owns the spool file: it moves it into
-                # the queue, or removes it if the message cannot be stored.
-                self._spill_path = None
-                try:
-                    qid = await srv.queue_message(s, env)
-                except Exception as exc:
-                    logger.error("message from %s NOT queued: %r", self._who(), exc)
-                    reply = "451 4.3.0 Local error in processing: message not queued"
-                else:
-                    reply = f"250 2.0.0 OK id={qid}"
-        finally:
-            self._discard_spill()  # queued (moved into the spool), or not wanted
-        if self._transport is None or self._transport.is_closing():
-            if qid:
-                logger.info("%s <= <%s> H=%s: client gone before the 250 reply", qid,
-                            env.mail_from, self._who())  # fmt: skip
-            return
-        self.proto.respond(reply)
-        if reply.startswith("2"):
-            s.messages += 1
-            logger.info(
-                "%s <= <%s> H=(%s) %s P=%s S=%d for %s",
-                qid or "-", env.mail_from, s.host_name, self._who(),
-                protocol_name(s, env).lower(), size,
-                " ".join(f"<{r.address}>" for r in env.recipients),
-            )  # fmt: skip
-        self.envelope = Envelope()
