@@ -15,6 +15,7 @@ __all__ = [
     "SMTPError",
     "SMTPSyntaxError",
     "SmtpedgeError",
+    "TLSError",
     "XtextError",
 ]
 
@@ -99,3 +100,14 @@ class XtextError(SmtpedgeError, ValueError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int]]:
         return (type(self), (self.reason, self.offset))
+
+
+class TLSError(SmtpedgeError):
+    """A TLS handshake or record failed; ``reason`` says why in OpenSSL's words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (self.reason,))
