@@ -128,6 +128,13 @@ def _interfaces(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _paths(v: Any) -> tuple[str, ...]:
+    items = v if isinstance(v, list | tuple) else [v]
+    if not all(isinstance(i, str) for i in items):
+        raise ValueError("must be a path or an array of paths")
+    return tuple(str(i) for i in items if str(i) != "" or len(items) > 1)
+
+
 def _ratelimit(v: Any) -> RateLimit | None:
     if v in ("", None):
         return None
@@ -264,6 +271,36 @@ class Config:
         "Clients that may use VRFY (others get 502); a handle_VRFY hook decides the answer.",
         "[]",
     )
+    tls_advertise_hosts: HostList = _opt(
+        HostList("*"), _hostlist, "Clients offered STARTTLS.", '["*"]'
+    )
+    tls_certificate: tuple[str, ...] = _opt(
+        (),
+        _paths,
+        "Certificate files (PEM, leaf first, then the chain), e.g. an RSA and an ECDSA one; "
+        "{sni} picks files by the client's SNI. Empty: a self-signed pair made in the data "
+        "directory on first start.",
+        "[]",
+    )
+    tls_privatekey: tuple[str, ...] = _opt(
+        (), _paths, "Key files, one per tls_certificate, in the same order.", "[]"
+    )
+    tls_ocsp_file: tuple[str, ...] = _opt(
+        (),
+        _paths,
+        "OCSP proofs (DER or PEM), one per tls_certificate ('' for none); re-read on each "
+        "connection and stapled only when they verify.",
+        "[]",
+    )
+    tls_handshake_timeout: float = _opt(
+        30.0, _duration, "Time for a client to complete the TLS handshake.", '"30s"'
+    )
+    tls_required_hosts: HostList = _opt(
+        HostList(),
+        _hostlist,
+        "Clients that must use STARTTLS before MAIL (others get 530 5.7.0).",
+        "[]",
+    )
     spool_inline_max: int = _opt(
         1024 * 1024,
         _size,
@@ -307,7 +344,20 @@ class Config:
                 converted[key] = f.metadata["conv"](raw)
             except (ValueError, HostListError) as exc:
                 raise ConfigError(key, str(exc)) from None
-        return replace(base or cls(), **converted)
+        config = replace(base or cls(), **converted)
+        config._check_tls()
+        return config
+
+    def _check_tls(self) -> None:
+        if len(self.tls_certificate) != len(self.tls_privatekey):
+            raise ConfigError(
+                "tls_privatekey",
+                f"{len(self.tls_privatekey)} key(s) for {len(self.tls_certificate)} certificate(s)",
+            )
+        if self.tls_ocsp_file and len(self.tls_ocsp_file) != len(self.tls_certificate):
+            raise ConfigError(
+                "tls_ocsp_file", "give one per tls_certificate ('' for a certificate without one)"
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

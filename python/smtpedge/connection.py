@@ -18,11 +18,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from smtpedge.errors import TLSError
 from smtpedge.log import logger
 from smtpedge.protocol import events as ev
 from smtpedge.protocol.server import ServerConnection
 from smtpedge.received import protocol_name
 from smtpedge.session import Envelope, Recipient, Session
+from smtpedge.tls.engine import TLSEngine
 
 if TYPE_CHECKING:
     from smtpedge.server import Server
@@ -79,6 +81,7 @@ class Connection(asyncio.Protocol):
         "_spill_path",
         "_task",
         "_timer",
+        "_tls",
         "_transport",
         "admitted",
         "envelope",
@@ -96,6 +99,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._closing = False
         self._spill: BinaryIO | None = None
+        self._tls: TLSEngine | None = None
         self._spill_path: Path | None = None
         self.admitted: str | None = None  # the host holding a per-host slot
         self.envelope = Envelope()
@@ -132,6 +136,10 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last = asyncio.get_running_loop().time() if self._timer else self._last
+        if self._tls is not None:
+            data = self._tls_receive(data)
+            if not data:
+                return
         self.proto.receive_data(data)
         if self._task is None:
             self._process()
@@ -192,6 +200,11 @@ class Connection(asyncio.Protocol):
             self._close()
             return
         cfg = self.server.config
+        if self._tls is not None and not self._tls.established:
+            logger.info("TLS handshake timeout for %s after %.1fs: closed", self._who(), timeout)
+            self._closing = True
+            self._close()
+            return
         limit = cfg.smtp_data_timeout if state in ("DATA", "BDAT") else cfg.smtp_receive_timeout
         left = self._last + limit - loop.time()
         if left > 0 or self._task is not None:
@@ -230,6 +243,16 @@ class Connection(asyncio.Protocol):
         if t is None:
             return
         out = self.proto.data_to_send()
+        tls = self._tls
+        if tls is not None and tls.established and not t.is_closing():
+            try:
+                if out:
+                    tls.write(out)
+                if self.proto.closed:
+                    tls.close()  # close_notify
+            except TLSError:
+                pass
+            out = tls.outgoing()
         if out and not t.is_closing():
             t.write(out)
         if self.proto.closed:
@@ -239,6 +262,54 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        """STARTTLS was accepted: send the 220 in the clear, then speak TLS."""
+        tls = self.server.tls
+        assert tls is not None
+        self._flush()
+        self._tls = TLSEngine(tls.context(), server_side=True)
+        self._arm(self.server.config.tls_handshake_timeout)
+
+    def _tls_receive(self, data: bytes) -> bytes:
+        """Decrypt; complete the handshake first. Returns plaintext for SMTP."""
+        tls = self._tls
+        assert tls is not None and self._transport is not None
+        tls.receive(data)
+        try:
+            if not tls.established:
+                if not tls.handshake():
+                    self._transport.write(tls.outgoing())
+                    return b""
+                self._tls_established()
+            plain = tls.read()
+        except TLSError as exc:
+            out = tls.outgoing()  # the alert, if any
+            if out:
+                self._transport.write(out)
+            logger.info("TLS error with %s: %s: closed", self._who(), exc.reason)
+            self._closing = True
+            self._close()
+            return b""
+        out = tls.outgoing()
+        if out:
+            self._transport.write(out)
+        if tls.closed:
+            self._close()
+        return plain
+
+    def _tls_established(self) -> None:
+        assert self._tls is not None
+        info = self._tls.info()
+        self.session.tls = info
+        self.proto.tls_started()
+        cfg = self.server.config
+        self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
+        logger.info("TLS with %s: %s %s%s%s", self._who(), info.version, info.cipher,
+                    f" SNI={info.sni}" if info.sni else "",
+                    " OCSP=stapled" if info.ocsp_stapled else "")  # fmt: skip
 
     def shutdown(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -404,6 +475,12 @@ class Connection(asyncio.Protocol):
     def _decide_now(self, event: ev.Event) -> bool:
         """Answer a decision event at once when no hook has a say in it."""
         hooks = self.server.hooks
+        if isinstance(event, ev.StartTLS):
+            if self.server.tls is None:
+                self.proto.respond("454 4.7.0 TLS not available")
+            elif self.proto.respond("220 2.0.0 Ready to start TLS"):
+                self._start_tls()
+            return True
         if isinstance(event, ev.RcptTo):
             if "RCPT" in hooks:
                 return False
@@ -474,7 +551,7 @@ class Connection(asyncio.Protocol):
             self.proto.respond(
                 reply or "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
             )
-        elif isinstance(event, ev.StartTLS):
+        elif isinstance(event, ev.StartTLS):  # pragma: no cover - answered in _decide_now
             self.proto.respond("454 4.7.0 TLS not available")
         else:  # pragma: no cover - every decision event is handled above
             raise AssertionError(f"unhandled event {event!r}")

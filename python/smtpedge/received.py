@@ -45,6 +45,10 @@ def received_header(
         f"\tby {hostname} (smtpedge {version}) with {protocol_name(session, envelope)}",
         f"\tid {queue_id}",
     ]
+    tls = session.tls
+    if tls is not None:
+        lines.insert(2, f"\t(using {tls.version} with cipher {tls.cipher} "
+                        f"({tls.cipher_bits} bits))")  # fmt: skip
     if len(envelope.recipients) == 1:
         lines[-1] += f"\n\tfor <{envelope.recipients[0].address}>"
     lines[-1] += f"; {email.utils.format_datetime(datetime.now(UTC))}"

@@ -29,6 +29,7 @@ from smtpedge.protocol.server import Limits, Offer
 from smtpedge.queue import GroupCommitter, Queue, new_queue_id
 from smtpedge.received import protocol_name, received_header
 from smtpedge.session import Envelope, Session
+from smtpedge.tls.server import CertificatePair, ServerTLS, make_self_signed
 
 __all__ = ["Server"]
 
@@ -76,11 +77,13 @@ class Server:
             for n in (
                 "hosts_proxy", "dsn_advertise_hosts", "pipelining_advertise_hosts",
                 "chunking_advertise_hosts", "smtputf8_advertise_hosts", "vrfy_hosts",
+                "tls_advertise_hosts", "tls_required_hosts",
             )
         )  # fmt: skip
         self.messages_accepted = 0
         self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
         self._offers: dict[tuple[str, str | None], Offer] = {}
+        self.tls: ServerTLS | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Server:
             q = self.open_queue()
             q.recover()
             q.close()
+        self.tls = self._make_tls()
         self._committer = GroupCommitter(
             cfg.spool_path, inline_max=cfg.spool_inline_max, batch_max=cfg.queue_commit_batch
         )
@@ -128,6 +132,19 @@ class Server:
         for srv in self._servers:
             for sock in srv.sockets:
                 logger.info("listening on %s", fmt_address(sock_address(sock.getsockname())))
+
+    def _make_tls(self) -> ServerTLS | None:
+        """TLS from tls_certificate/tls_privatekey, or a self-signed pair."""
+        cfg = self.config
+        if not cfg.tls_advertise_hosts:
+            return None
+        if cfg.tls_certificate:
+            ocsp_files = cfg.tls_ocsp_file or ("",) * len(cfg.tls_certificate)
+            files = zip(cfg.tls_certificate, cfg.tls_privatekey, ocsp_files, strict=True)
+            pairs = [CertificatePair(c, k, o) for c, k, o in files]
+        else:
+            pairs = make_self_signed(cfg.spool_path / "tls", self.hostname)
+        return ServerTLS(pairs)
 
     async def serve_forever(self) -> None:
         if not self._servers:
@@ -191,7 +208,8 @@ class Server:
             smtputf8=has(cfg.smtputf8_advertise_hosts),
             chunking=has(cfg.chunking_advertise_hosts),
             dsn=has(cfg.dsn_advertise_hosts),
-            starttls=False,
+            starttls=self.tls is not None and has(cfg.tls_advertise_hosts),
+            require_tls=has(cfg.tls_required_hosts),
             vrfy=has(cfg.vrfy_hosts),
         )
 

@@ -11,6 +11,7 @@ from smtpedge.esmtp import MailParams, RcptParams
 
 if TYPE_CHECKING:
     from smtpedge._pure.proxy import ProxyHeader
+    from smtpedge.tls.engine import TLSInfo
 
 __all__ = ["Envelope", "Recipient", "Session"]
 
@@ -34,7 +35,7 @@ class Session:
     proxy_destination: Address | None = None
     host_name: str | None = None
     extended_smtp: bool = False
-    tls: Any = None
+    tls: TLSInfo | None = None
     messages: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

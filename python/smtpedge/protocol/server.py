@@ -70,6 +70,7 @@ class Offer:
     chunking: bool = True
     dsn: bool = False
     starttls: bool = False
+    require_tls: bool = False
     vrfy: bool = False
 
     @property
@@ -134,6 +135,7 @@ class ServerConnection:
         "offer",
         "recipients",
         "state",
+        "tls_active",
     )
 
     def __init__(self, limits: Limits | None = None, *, expect_proxy: bool = False) -> None:
@@ -144,6 +146,7 @@ class ServerConnection:
         self.esmtp = False
         self.in_transaction = False
         self.recipients = 0
+        self.tls_active = False
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._pending: ev.Event | None = None
@@ -217,6 +220,7 @@ class ServerConnection:
         (RFC 3207 4.2), keep reading commands."""
         self.helo = None
         self.esmtp = False
+        self.tls_active = True
         self._reset_transaction()
 
     @property
@@ -448,7 +452,7 @@ class ServerConnection:
             lines.append("250-CHUNKING")
         if offer.dsn:
             lines.append("250-DSN")
-        if offer.starttls:
+        if offer.starttls and not self.tls_active:
             lines.append("250-STARTTLS")
         if offer.vrfy:
             lines.append("250-VRFY")
@@ -460,6 +464,10 @@ class ServerConnection:
             return self._violation(SMTPError(503, "5.5.1", "Send HELO or EHLO first"), line)
         if self.in_transaction:
             return self._violation(SMTPError(503, "5.5.1", "Nested MAIL command"), line)
+        if self.offer.require_tls and not self.tls_active:
+            return self._violation(
+                SMTPError(530, "5.7.0", "Must issue a STARTTLS command first"), line
+            )
         assert cmd.path is not None
         offered = self.offer.params
         if not self.esmtp:
@@ -636,6 +644,8 @@ class ServerConnection:
     def _starttls(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
         if not self.offer.starttls:
             return self._violation(SMTPError(502, "5.5.1", "STARTTLS not available"), line)
+        if self.tls_active:
+            return self._violation(SMTPError(503, "5.5.1", "TLS already active"), line)
         if self.in_transaction:
             return self._violation(SMTPError(503, "5.5.1", "STARTTLS inside a transaction"), line)
         return self._decide(ev.StartTLS())
