@@ -148,6 +148,63 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
         q.close()
 
 
+def _ocsp(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from smtpedge.log import configure
+
+    configure(None)
+    if args.ocsp_command == "fetch":
+        from smtpedge import ocsp_fetch
+
+        try:
+            cert, issuer = ocsp_fetch.load_chain(
+                Path(args.cert), Path(args.issuer) if args.issuer else None
+            )
+            if args.watch:
+                asyncio.run(ocsp_fetch.watch(cert, issuer, Path(args.out), url=args.url,
+                                             timeout=args.timeout,
+                                             min_interval=args.min_interval))  # fmt: skip
+                return 0
+            job = ocsp_fetch.fetch_to_file(
+                cert, issuer, Path(args.out), url=args.url, timeout=args.timeout
+            )
+            result = asyncio.run(job)
+        except (ocsp_fetch.FetchError, OSError, ValueError) as exc:
+            print(f"smtpedge ocsp fetch: {exc}; {args.out} left as it was", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        print(f"{args.out}: {result.reason}")
+        return 0
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from smtpedge.limits import parse_duration
+    from smtpedge.ocsp_responder import Responder, serve
+
+    try:
+        ca = x509.load_pem_x509_certificate(Path(args.ca).read_bytes())
+        signer = x509.load_pem_x509_certificate(Path(args.signer).read_bytes()) \
+            if args.signer else ca  # fmt: skip
+        key = serialization.load_pem_private_key(Path(args.key).read_bytes(), None)
+        host, _, port = args.listen.rpartition(":")
+        validity = dt.timedelta(seconds=parse_duration(args.validity))
+        responder = Responder(ca, signer, key, Path(args.index), validity=validity)
+        responder._load_index()
+    except (OSError, ValueError) as exc:
+        print(f"smtpedge ocsp serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(responder, host.strip("[]") or "127.0.0.1", int(port)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from smtpedge.config import ConfigError
 
@@ -171,8 +228,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     qsub.add_parser("list", help="one line per message, then its recipients")
     qsub.add_parser("show", help="envelope and content of one message").add_argument("id")
     qsub.add_parser("remove", help="delete one message").add_argument("id")
+    ocsp_p = sub.add_parser("ocsp", help="OCSP proofs: fetch (and keep fresh), or serve")
+    osub = ocsp_p.add_subparsers(dest="ocsp_command", required=True)
+    fetch = osub.add_parser("fetch", help="fetch, verify and store an OCSP proof")
+    fetch.add_argument("--cert", required=True, help="the certificate (PEM; its chain may follow)")
+    fetch.add_argument("--issuer", help="the issuer certificate (default: second in --cert)")
+    fetch.add_argument("--out", required=True, help="the proof file (tls_ocsp_file)")
+    fetch.add_argument("--url", help="the responder (default: from the certificate's AIA)")
+    fetch.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    fetch.add_argument("--watch", action="store_true", help="keep the proof fresh, forever")
+    fetch.add_argument(
+        "--min-interval",
+        type=float,
+        default=60.0,
+        help="never refresh sooner than this many seconds (with --watch)",
+    )
+    oserve = osub.add_parser("serve", help="run an OCSP responder for your CA")
+    oserve.add_argument("--ca", required=True, help="the CA certificate (PEM)")
+    oserve.add_argument("--key", required=True, help="the signing key (CA's or delegate's)")
+    oserve.add_argument("--signer", help="a delegated responder certificate (default: the CA)")
+    oserve.add_argument("--index", required=True, help="OpenSSL CA database (index.txt)")
+    oserve.add_argument("--listen", default="127.0.0.1:8080", help="address:port")
+    oserve.add_argument("--validity", default="1h", help="nextUpdate after thisUpdate")
     args = parser.parse_args(argv)
     try:
+        if args.command == "ocsp":
+            return _ocsp(args)
         if args.command == "demo":
             return _demo()
         if args.command in ("serve", "config", "queue"):
