@@ -77,7 +77,8 @@ def test_proxied_address_survives_starttls(tmp_path: Path) -> None:
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> None:
-            seen.append((session.peer, session.proxy_local_address, session.tls))
+            seen.append((session.peer, session.proxy_local_address, session.tls,
+                         session.tls_in_ocsp))  # fmt: skip
 
     with RunningServer(tmp_path / "spool", Handler(), hosts_proxy=["127.0.0.1"]) as srv:
         c = Client(srv.port)
@@ -93,7 +94,8 @@ def test_proxied_address_survives_starttls(tmp_path: Path) -> None:
         c.cmd("DATA")
         c.send(b"x\r\n.\r\n")
         assert c.reply().startswith("250")
-        [(peer_addr, proxy_addr, info)] = seen
+        [(peer_addr, proxy_addr, info, ocsp_state)] = seen
+        assert ocsp_state == "notreq"
         assert peer_addr == ("203.0.113.50", 6000) and proxy_addr == "127.0.0.1"
         assert info is not None and info.version.startswith("TLSv1")
         content = Queue(tmp_path / "spool").content(Queue(tmp_path / "spool").ids()[0]) or b""

@@ -162,6 +162,7 @@ def test_ocsp_stapled_only_when_it_verifies(tmp_path: Path, pki: dict[str, Issue
 
     def stapled(sigalgs: str = "RSA+SHA256") -> bool:
         s, _ = handshake(srv, sigalgs=sigalgs)
+        assert s.info().ocsp_requested
         return s.info().ocsp_stapled
 
     assert not stapled(), "no file yet"

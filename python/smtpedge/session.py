@@ -40,6 +40,15 @@ class Session:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def tls_in_ocsp(self) -> str:
+        """Exim's $tls_in_ocsp, server side: "notreq" (no TLS, or the client
+        did not ask for a proof), "notresp" (asked, none good to staple),
+        "stapled"."""
+        if self.tls is None or not self.tls.ocsp_requested:
+            return "notreq"
+        return "stapled" if self.tls.ocsp_stapled else "notresp"
+
+    @property
     def proxy_session(self) -> bool:
         """Exim's $proxy_session: the connection came through a PROXY header."""
         return self.proxy_header is not None

@@ -39,6 +39,7 @@ class TLSInfo:
     peer_certificate: x509.Certificate | None = None
     peer_chain: tuple[x509.Certificate, ...] = field(default=())
     ocsp_stapled: bool = False
+    ocsp_requested: bool = False
 
 
 def _reason(exc: SSL.Error) -> str:
@@ -52,7 +53,7 @@ def _reason(exc: SSL.Error) -> str:
 class TLSEngine:
     """One TLS session over memory buffers."""
 
-    __slots__ = ("_closed", "_conn", "_done", "ocsp_stapled", "server_side")
+    __slots__ = ("_closed", "_conn", "_done", "ocsp_requested", "ocsp_stapled", "server_side")
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class TLSEngine:
         self._done = False
         self._closed = False
         self.ocsp_stapled = False
+        self.ocsp_requested = False
         if server_side:
             self._conn.set_accept_state()
         else:
@@ -165,4 +167,5 @@ class TLSEngine:
             peer_certificate=peer,
             peer_chain=tuple(chain),
             ocsp_stapled=self.ocsp_stapled,
+            ocsp_requested=self.ocsp_requested,
         )

@@ -166,6 +166,9 @@ class ServerTLS:
     # -- OCSP stapling -----------------------------------------------------------------
 
     def _on_ocsp(self, conn: SSL.Connection, data: object) -> bytes:
+        engine = conn.get_app_data()
+        if engine is not None:
+            engine.ocsp_requested = True
         served = conn.get_certificate(as_cryptography=True)
         if served is None:
             return b""
@@ -178,10 +181,8 @@ class ServerTLS:
         for item in entry[2]:
             if item.leaf == served:
                 der = self.staple_for(item)
-                if der:
-                    engine = conn.get_app_data()
-                    if engine is not None:
-                        engine.ocsp_stapled = True
+                if der and engine is not None:
+                    engine.ocsp_stapled = True
                 return der
         return b""
 
