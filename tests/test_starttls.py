@@ -28,6 +28,13 @@ def pki() -> dict[str, Issued]:
         "rsa": issue(ca, "mx.test", dns=["mx.test"]),
         "ec": issue(ca, "mx.test", kind="ec", dns=["mx.test"]),
         "delegate_old": issue(ca, "ocsp-old", ocsp_signing=True, not_after=time_in(days=1)),
+        "delegate_expired": issue(
+            ca,
+            "ocsp-expired",
+            ocsp_signing=True,
+            not_before=time_in(days=-30),
+            not_after=time_in(days=-2),
+        ),
     }
 
 
@@ -169,7 +176,9 @@ def test_openssl_s_client_sees_the_staple_only_when_it_is_good(
                                 this_update=time_in(-9), next_update=time_in(-2)),
             "revoked": response(leaf.cert, ca.cert, ca, status="revoked"),
             "other certificate": response(pki["ec"].cert, ca.cert, ca),
-            "expired delegate": response(leaf.cert, ca.cert, pki["delegate_old"],
+            "delegate expiring before nextUpdate": response(
+                leaf.cert, ca.cert, pki["delegate_old"], include_signer=True),
+            "expired delegate": response(leaf.cert, ca.cert, pki["delegate_expired"],
                                          include_signer=True),
             "garbage": b"\x30\x82garbage",
         }  # fmt: skip
