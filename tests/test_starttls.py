@@ -198,3 +198,17 @@ def test_swaks_tls_delivers(tmp_path: Path, tls_files: dict[str, Any]) -> None:
         assert "=== TLS started with cipher" in out
         assert "250 2.0.0 OK id=" in out
         assert len(srv.queue()) == 1
+
+
+def test_unusable_certificate_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
+    from smtpedge.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'tls_certificate = ["{tmp_path}/nope.pem"]\n'
+                   f'tls_privatekey = ["{tmp_path}/nope.key"]\n'
+                   f'spool_directory = "{tmp_path}/data"\n')  # fmt: skip
+    with pytest.raises(SystemExit, match="option tls_certificate / tls_privatekey: cannot load"):
+        main(["serve", "--config", str(bad)])
+    mismatched = tmp_path / "mismatched.toml"
+    mismatched.write_text('tls_certificate = ["a.pem"]\n')
+    assert main(["serve", "--config", str(mismatched)]) == 2, "one key per certificate"

@@ -49,6 +49,19 @@ def bind(config: Config) -> list[socket.socket]:
     return socks
 
 
+def _check_tls(config: Config) -> None:
+    """Load the certificates once before any worker starts (making the
+    self-signed pair if none is configured), so a bad pair stops start-up
+    with a clear message and workers never race to create files."""
+    from smtpedge.server import Server
+    from smtpedge.tls.server import TLSConfigError
+
+    try:
+        Server(None, config)._make_tls()
+    except TLSConfigError as exc:
+        raise SystemExit(f"smtpedge: option tls_certificate / tls_privatekey: {exc}") from None
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -112,6 +125,7 @@ def run(config: Config, handler: Any = None) -> int:
             f"smtpedge: cannot use the data directory {config.spool_path} "
             f"(option spool_directory / log_file_path): {exc}"
         ) from None
+    _check_tls(config)
     _raise_fd_limit()
     socks = bind(config)
     loop_name = "uvloop" if _event_loop_factory(config) else "asyncio"
