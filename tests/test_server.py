@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import smtpedge
-from serverutil import Client, RunningServer
+from serverutil import Client, RunningServer, wait_for
 from smtpedge import proxy
 from smtpedge.handlers import HandlerError
 from smtpedge.server import Server
@@ -480,11 +480,10 @@ def test_big_message_refused_or_abandoned_leaves_no_file(spool: Path) -> None:
         c.cmd("RCPT TO:<r@c.example>")
         c.cmd("DATA")
         c.send(body * 500)  # 500 KB, then the client vanishes
-        time.sleep(0.3)
-        assert list((spool / "spool" / "incoming").iterdir()), "written out as it arrived"
+        incoming = spool / "spool" / "incoming"
+        assert wait_for(lambda: list(incoming.iterdir())), "written out as it arrived"
         c.close()
-        time.sleep(0.3)
-        assert not list((spool / "spool" / "incoming").iterdir())
+        assert wait_for(lambda: not list(incoming.iterdir())), "and removed when abandoned"
         assert len(srv.queue()) == 0
 
 
