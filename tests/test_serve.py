@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serverutil import Client, ServeProcess, wait_port
+from serverutil import Client, ServeProcess, wait_for, wait_port
 from smtpedge.queue import Queue
 
 
@@ -66,3 +66,14 @@ def test_per_host_limit_counts_across_workers(tmp_path: Path) -> None:
         assert sorted(replies) == ["220"] * 2 + ["421"] * 6, replies
         other = Client(srv.port, source="127.0.0.45")
         assert other.reply().startswith("220")
+
+
+def test_accept_max_counts_across_workers(tmp_path: Path) -> None:
+    with ServeProcess(tmp_path / "data", workers=2, smtp_accept_max=3) as srv:
+        clients = [Client(srv.port) for _ in range(7)]
+        replies = [c.reply()[:3] for c in clients]
+        assert sorted(replies) == ["220"] * 3 + ["421"] * 4, replies
+        for c, r in zip(clients, replies, strict=True):
+            if r == "220":
+                c.cmd("QUIT")
+        assert wait_for(lambda: Client(srv.port).reply().startswith("220")), "slots come back"

@@ -190,7 +190,7 @@ class Config:
         "auto", _choice("auto", "uvloop", "asyncio"), "auto uses uvloop when it is installed."
     )
     smtp_accept_max: int = _opt(
-        1000, _int(0), "Most simultaneous connections per worker (0: no limit)."
+        1000, _int(0), "Most simultaneous connections, all workers together (0: no limit)."
     )
     smtp_accept_max_per_host: int = _opt(
         0,

@@ -84,6 +84,7 @@ class Connection(asyncio.Protocol):
         "_tls",
         "_transport",
         "admitted",
+        "counted",
         "envelope",
         "proto",
         "server",
@@ -101,6 +102,7 @@ class Connection(asyncio.Protocol):
         self._spill: BinaryIO | None = None
         self._tls: TLSEngine | None = None
         self._spill_path: Path | None = None
+        self.counted = False  # holds a slot of smtp_accept_max
         self.admitted: str | None = None  # the host holding a per-host slot
         self.envelope = Envelope()
 
@@ -116,12 +118,12 @@ class Connection(asyncio.Protocol):
         self.session = Session(f"{os.getpid():x}.{next(_session_ids)}", peer, sock)
         srv._active.add(self)
         refusal = srv.connections.open()
+        self.counted = refusal is None
         expect_proxy = bool(cfg.hosts_proxy) and cfg.hosts_proxy.match(peer[0])
         self.proto = ServerConnection(srv.limits, expect_proxy=expect_proxy)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         if refusal is not None:
-            srv.connections.total += 1  # balanced by connection_lost
             logger.info("SMTP connection from %s refused: %s", fmt_address(peer), refusal)
             self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
             self._flush()
@@ -154,7 +156,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
         srv._active.discard(self)
-        srv.connections.close()
+        if self.counted:
+            srv.connections.close()
+            self.counted = False
         if self.admitted is not None:
             srv.connections.release(self.admitted)
             self.admitted = None

@@ -133,6 +133,9 @@ class RateLimiter:
             del self._rates[key]
 
 
+_TOTAL = "*all connections*"  # not an address: its own key in the host table
+
+
 class ConnectionLimits:
     """Counts open connections overall (this process) and per client address
     (in ``table``: this process, or shared by every worker)."""
@@ -162,14 +165,26 @@ class ConnectionLimits:
         return state[0] if state else 0
 
     def open(self) -> str | None:
-        """Take an overall slot at connect time; return None, or the 421 text."""
-        if self.max_total and self.total >= self.max_total:
-            return "Too many concurrent SMTP connections; please try again later"
+        """Take an overall slot at connect time; return None, or the 421 text.
+        The count lives in the table too, so workers share one limit."""
+        if self.max_total:
+            with self.table.lock:
+                state = self.table.get(_TOTAL)
+                count = state[0] if state else 0
+                if count >= self.max_total:
+                    return "Too many concurrent SMTP connections; please try again later"
+                self.table.put(_TOTAL, (count + 1, 0.0, 0.0))
         self.total += 1
         return None
 
     def close(self) -> None:
+        """Give back a slot taken by ``open``."""
         self.total -= 1
+        if self.max_total:
+            with self.table.lock:
+                state = self.table.get(_TOTAL)
+                if state is not None:
+                    self.table.put(_TOTAL, (max(state[0] - 1, 0), 0.0, 0.0))
 
     def admit(self, host: str) -> str | None:
         """Take a slot for the real client ``host`` (after any PROXY header);
