@@ -4,11 +4,16 @@ over real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from smtpedge.config import Config
 from smtpedge.queue import Queue
@@ -138,7 +143,6 @@ class ServeProcess:
     """``smtpedge serve`` in a child process with a generated TOML config."""
 
     def __init__(self, spool: Path, **options: Any) -> None:
-        import subprocess
         import sys
 
         self.port = options.pop("port", None) or free_port()
@@ -197,3 +201,21 @@ def _toml(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def peer(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        message = f"{name} is not installed (scripts/install-peers installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def swaks(port: int, *args: str, expect: int = 0) -> str:
+    cmd = [peer("swaks"), "--server", f"127.0.0.1:{port}", "--timeout", "20",
+           "--helo", "swaks.example", *args]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done.stdout

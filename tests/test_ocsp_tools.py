@@ -21,10 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp as x509_ocsp
 
 from pki import Issued, issue, make_ca
-from serverutil import free_port, wait_port
+from serverutil import free_port, peer, wait_port
 from smtpedge import ocsp
 from smtpedge.ocsp_responder import Responder, parse_index
-from test_peers import peer
 
 
 def index_line(status: str, cert: Any, revoked: str = "") -> str:

@@ -4,9 +4,7 @@ them; under CI=true a missing peer fails the run instead of skipping."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,26 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from serverutil import ServeProcess, free_port, wait_port
+from serverutil import ServeProcess, free_port, peer, swaks, wait_port
 from smtpedge.queue import Queue
-
-
-def peer(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if path is None:
-        message = f"{name} is not installed (scripts/install-peers installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def swaks(port: int, *args: str, expect: int = 0) -> str:
-    cmd = [peer("swaks"), "--server", f"127.0.0.1:{port}", "--timeout", "20",
-           "--helo", "swaks.example", *args]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == expect, done.stdout + done.stderr
-    return done.stdout
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from pki import Issued, issue, make_ca, response, write_pair
-from serverutil import Client, RunningServer
+from serverutil import Client, RunningServer, peer, swaks
 from smtpedge import proxy
 from smtpedge.queue import Queue
-from test_peers import peer, swaks
 
 
 @pytest.fixture(scope="module")

@@ -413,7 +413,7 @@ class Connection(asyncio.Protocol):
         s = self.session
         if isinstance(event, ev.ProxyReceived):
             self._proxy(event.header)
-        elif isinstance(event, ev.ProxyRejected) and event.reason.endswith("not in hosts_proxy"):
+        elif isinstance(event, ev.ProxyRejected) and event.unexpected:
             logger.info("PROXY header from %s, which is not in hosts_proxy: refused",
                         fmt_address(s.peer))  # fmt: skip
         elif isinstance(event, ev.ProxyRejected):

@@ -53,11 +53,11 @@ def _check_tls(config: Config) -> None:
     """Load the certificates once before any worker starts (making the
     self-signed pair if none is configured), so a bad pair stops start-up
     with a clear message and workers never race to create files."""
-    from smtpedge.server import Server
+    from smtpedge.server import server_tls
     from smtpedge.tls.server import TLSConfigError
 
     try:
-        Server(None, config)._make_tls()
+        server_tls(config, config.hostname)
     except TLSConfigError as exc:
         raise SystemExit(f"smtpedge: option tls_certificate / tls_privatekey: {exc}") from None
 

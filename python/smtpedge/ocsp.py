@@ -33,7 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-__all__ = ["OCSPResult", "build_request", "load_response", "verify"]
+__all__ = [
+    "OCSPResult",
+    "build_request",
+    "issuer_key_hash",
+    "issuer_name_hash",
+    "load_response",
+    "verify",
+]
 
 OCSP_NOCHECK = ObjectIdentifier("1.3.6.1.5.5.7.48.1.5")
 DEFAULT_SKEW = dt.timedelta(minutes=5)
@@ -74,7 +81,7 @@ def load_response(data: bytes) -> ocsp.OCSPResponse:
     return ocsp.load_der_ocsp_response(data)
 
 
-def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+def issuer_key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
     """Hash of the BIT STRING of subjectPublicKey (RFC 6960 4.1.1)."""
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -107,7 +114,8 @@ def _last_bit_string(spki: bytes) -> bytes:
     return spki[j + 1 : j + length]  # skip the unused-bits octet
 
 
-def _name_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+def issuer_name_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """Hash of the DER subject name (the issuerNameHash of a CertID)."""
     h = hashes.Hash(algorithm)
     h.update(cert.subject.public_bytes())
     return h.finalize()
@@ -143,7 +151,7 @@ def _identifies(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
     if resp.responder_name is not None:
         return resp.responder_name == cert.subject
     if resp.responder_key_hash is not None:
-        return resp.responder_key_hash == _key_hash(cert, hashes.SHA1())
+        return resp.responder_key_hash == issuer_key_hash(cert, hashes.SHA1())
     return False
 
 
@@ -180,8 +188,8 @@ def verify(
         alg = s.hash_algorithm
         if (
             s.serial_number == cert.serial_number
-            and s.issuer_name_hash == _name_hash(issuer, alg)
-            and s.issuer_key_hash == _key_hash(issuer, alg)
+            and s.issuer_name_hash == issuer_name_hash(issuer, alg)
+            and s.issuer_key_hash == issuer_key_hash(issuer, alg)
         ):
             single = s
             break

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 
 from smtpedge.log import logger
-from smtpedge.ocsp import _key_hash, _name_hash
+from smtpedge.ocsp import issuer_key_hash, issuer_name_hash
 
 __all__ = ["IndexEntry", "Responder", "parse_index", "serve"]
 
@@ -104,7 +104,7 @@ class Responder:
         self.counts = {"good": 0, "revoked": 0, "unknown": 0, "malformed": 0,
                        "unauthorized": 0}  # fmt: skip
         self._hashes = {
-            alg.name: (_name_hash(issuer, alg), _key_hash(issuer, alg))
+            alg.name: (issuer_name_hash(issuer, alg), issuer_key_hash(issuer, alg))
             for alg in (hashes.SHA1(), hashes.SHA256(), hashes.SHA384(), hashes.SHA512())
         }
 

@@ -110,7 +110,7 @@ class Server:
             q = self.open_queue()
             q.recover()
             q.close()
-        self.tls = self._make_tls()
+        self.tls = server_tls(cfg, self.hostname)
         self._committer = GroupCommitter(
             cfg.spool_path, inline_max=cfg.spool_inline_max, batch_max=cfg.queue_commit_batch
         )
@@ -132,19 +132,6 @@ class Server:
         for srv in self._servers:
             for sock in srv.sockets:
                 logger.info("listening on %s", fmt_address(sock_address(sock.getsockname())))
-
-    def _make_tls(self) -> ServerTLS | None:
-        """TLS from tls_certificate/tls_privatekey, or a self-signed pair."""
-        cfg = self.config
-        if not cfg.tls_advertise_hosts:
-            return None
-        if cfg.tls_certificate:
-            ocsp_files = cfg.tls_ocsp_file or ("",) * len(cfg.tls_certificate)
-            files = zip(cfg.tls_certificate, cfg.tls_privatekey, ocsp_files, strict=True)
-            pairs = [CertificatePair(c, k, o) for c, k, o in files]
-        else:
-            pairs = make_self_signed(cfg.spool_path / "tls", self.hostname)
-        return ServerTLS(pairs)
 
     async def serve_forever(self) -> None:
         if not self._servers:
@@ -242,3 +229,18 @@ class Server:
 
     def open_queue(self) -> Queue:
         return Queue(self.config.spool_path, inline_max=self.config.spool_inline_max)
+
+
+def server_tls(config: Config, hostname: str) -> ServerTLS | None:
+    """TLS from tls_certificate/tls_privatekey, or a self-signed pair for
+    ``hostname`` (made once, in the data directory); None when STARTTLS is
+    offered to nobody. Raises TLSConfigError for an unusable pair."""
+    if not config.tls_advertise_hosts:
+        return None
+    if config.tls_certificate:
+        ocsp_files = config.tls_ocsp_file or ("",) * len(config.tls_certificate)
+        files = zip(config.tls_certificate, config.tls_privatekey, ocsp_files, strict=True)
+        pairs = [CertificatePair(c, k, o) for c, k, o in files]
+    else:
+        pairs = make_self_signed(config.spool_path / "tls", hostname)
+    return ServerTLS(pairs)

@@ -53,11 +53,12 @@ class ProxyReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class ProxyRejected(Event):
-    """The connection did not start with a valid PROXY header; it must be
-    closed without a banner."""
+    """The connection did not start with a valid PROXY header, or a host not
+    in hosts_proxy sent one (``unexpected``); it must be closed."""
 
     reason: str
     offset: int
+    unexpected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

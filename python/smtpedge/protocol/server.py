@@ -396,7 +396,7 @@ class ServerConnection:
         if buf.startswith(proxy.V2_SIGNATURE) or buf.startswith(b"PROXY "):
             self._send(_reply(554, "5.7.0", "PROXY protocol header not accepted from this host"))
             self._close()
-            return ev.ProxyRejected("PROXY header from a host not in hosts_proxy", 0)
+            return ev.ProxyRejected("PROXY header from a host not in hosts_proxy", 0, True)
         self._started = True
         return None
 

@@ -74,10 +74,12 @@ def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
 class _Staple:
     """The last verdict on one OCSP file, kept until the file changes."""
 
-    __slots__ = ("der", "reason", "stamp")
+    __slots__ = ("der", "expires", "reason", "stamp")
 
-    def __init__(self, stamp: tuple[int, int, int], der: bytes, reason: str) -> None:
-        self.stamp, self.der, self.reason = stamp, der, reason
+    def __init__(
+        self, stamp: tuple[int, int, int], der: bytes, reason: str, expires: dt.datetime | None
+    ) -> None:
+        self.stamp, self.der, self.reason, self.expires = stamp, der, reason, expires
 
 
 class ServerTLS:
@@ -194,33 +196,33 @@ class ServerTLS:
         stamp = _stamp([path])[0]
         cached = self._staples.get(path)
         if cached is not None and cached.stamp == stamp:
-            if cached.der and not self._still_fresh(cached.der, item):
+            # Verified when read (signer valid until nextUpdate included): only
+            # the clock can make it stale until the file changes.
+            if cached.der and cached.expires and dt.datetime.now(dt.UTC) > cached.expires:
                 cached.der = b""
-                logger.info("TLS: OCSP proof %s no longer valid: not stapled", path)
+                logger.info("TLS: OCSP proof %s expired: not stapled", path)
             return cached.der
-        der, reason = self._check(path, item)
-        self._staples[path] = _Staple(stamp, der, reason)
+        der, reason, expires = self._check(path, item)
+        self._staples[path] = _Staple(stamp, der, reason, expires)
         if der:
             logger.info("TLS: stapling OCSP proof %s (%s)", path, reason)
         else:
             logger.info("TLS: not stapling %s: %s", path, reason)
         return der
 
-    def _check(self, path: str, item: _Loaded) -> tuple[bytes, str]:
+    def _check(self, path: str, item: _Loaded) -> tuple[bytes, str, dt.datetime | None]:
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
-            return b"", f"cannot read it ({exc.strerror})"
+            return b"", f"cannot read it ({exc.strerror})", None
         if not item.chain:
-            return b"", "the certificate file has no issuer certificate after the leaf"
+            return b"", "the certificate file has no issuer certificate after the leaf", None
         result = ocsp.verify(raw, item.leaf, item.chain[0])
         if not result.ok:
-            return b"", result.reason
+            return b"", result.reason, None
         resp = ocsp.load_response(raw)
-        return resp.public_bytes(serialization.Encoding.DER), result.reason
-
-    def _still_fresh(self, der: bytes, item: _Loaded) -> bool:
-        return ocsp.verify(der, item.leaf, item.chain[0]).ok
+        expires = result.next_update + ocsp.DEFAULT_SKEW if result.next_update else None
+        return resp.public_bytes(serialization.Encoding.DER), result.reason, expires
 
 
 def make_self_signed(directory: Path, hostname: str) -> list[CertificatePair]:
