@@ -214,6 +214,14 @@ def test_config_errors_name_the_option(
 
 
 def test_every_option_is_documented_with_its_default() -> None:
+    from dataclasses import fields
+
+    from smtpedge.config import _toml_value
+
     doc = (DOCS / "configuration.md").read_text()
     for name in OPTIONS:
         assert re.search(rf"^\| `{name}` \|", doc, re.M), f"{name} missing from the docs"
+    for f in fields(Config):
+        default = f.metadata["toml"] or _toml_value(f.default)
+        row = f"| `{f.name}` | `{default}` | {f.metadata['doc']} |"
+        assert row in doc, f"docs/configuration.md: the row for {f.name} should read {row}"

@@ -1,4 +1,4 @@
-"""The ``smtpedge`` command line."""
+"""The ``smtpedge`` command line (also ``python -m smtpedge``)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def _demo() -> int:
 def _load_config(args: argparse.Namespace) -> Config:
     from smtpedge.config import Config
 
-    config = Config.load(args.config) if args.config else Config()
+    path = getattr(args, "config", None)
+    config = Config.load(path) if path else Config()
     overrides: dict[str, object] = {}
     if getattr(args, "spool_directory", None):
         overrides["spool_directory"] = args.spool_directory
@@ -103,10 +104,10 @@ def _queue(args: argparse.Namespace, config: Config) -> int:
     from smtpedge.queue import Queue
 
     if not (config.spool_path / "queue.db").exists():
-        if args.queue_command == "list":
-            print("queue is empty (no queue in " + str(config.spool_path) + ")")
-            return 0
-        print(f"smtpedge: no queue in {config.spool_path}", file=sys.stderr)
+        where = config.spool_path.resolve()
+        what = "no data directory" if not config.spool_path.is_dir() else "no queue"
+        print(f"smtpedge: {what} at {where} (give the server's with --spool-directory "
+              "or --config)", file=sys.stderr)  # fmt: skip
         return 1
     q = Queue(config.spool_path, inline_max=config.spool_inline_max)
     try:
@@ -205,51 +206,99 @@ def _ocsp(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from smtpedge.config import ConfigError
+_DESCRIPTION = """\
+smtpedge: an SMTP server for the mail edge, and the tools around it.
 
-    parser = argparse.ArgumentParser(prog="smtpedge", description=__doc__)
+The server speaks ESMTP with PIPELINING, CHUNKING, SMTPUTF8, SIZE and the DSN
+parameters, STARTTLS with OCSP stapling, and the PROXY protocol (v1 and v2)
+from the load balancers in hosts_proxy. Every accepted message is on stable
+storage before its 250. It does not deliver mail yet: messages stay queued.
+"""
+
+_EPILOG = """\
+examples:
+  smtpedge serve                       listen on 127.0.0.1:2525, data in ./smtpedge-data
+  smtpedge serve --config edge.toml    options as in docs/configuration.md
+  smtpedge config > edge.toml          every option with its default, commented
+  smtpedge queue list --spool-directory /var/spool/smtpedge
+
+'smtpedge COMMAND --help' tells more about each command.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from smtpedge.config import Config, ConfigError
+
+    defaults = Config()
+    port = ", ".join(str(p) for p in defaults.daemon_smtp_ports)
+    listen = ", ".join(defaults.local_interfaces)
+    where = f"data directory: queue, spool files, logs (default: {defaults.spool_directory})"
+    config_help = "TOML configuration file (options as in docs/configuration.md)"
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="smtpedge", description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=formatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"smtpedge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("demo", help="show the protocol hot paths at work on sample input")
     sub.add_parser("info", help="print the version and the backend in use")
-    serve = sub.add_parser("serve", help="run the SMTP server (default: 127.0.0.1:2525)")
-    serve.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
-    serve.add_argument("--workers", type=int, help="worker processes (overrides the config)")
-    serve.add_argument("--port", type=int, help="listen on this port (overrides the config)")
-    serve.add_argument("--listen", help="listen on this address (overrides the config)")
-    serve.add_argument("--spool-directory", help="data directory (overrides the config)")
-    conf = sub.add_parser("config", help="print the effective configuration as TOML")
-    conf.add_argument("--config", help="TOML configuration file")
-    queue = sub.add_parser("queue", help="look at the queue: list, show ID, remove ID")
-    queue.add_argument("--config", help="TOML configuration file")
-    queue.add_argument("--spool-directory", help="data directory (overrides the config)")
-    qsub = queue.add_subparsers(dest="queue_command", required=True)
-    qsub.add_parser("list", help="one line per message, then its recipients")
-    qsub.add_parser("show", help="envelope and content of one message").add_argument("id")
-    qsub.add_parser("remove", help="delete one message").add_argument("id")
+    serve = sub.add_parser(
+        "serve", help=f"run the SMTP server (default: {listen} port {port})",
+        description="Run the SMTP server in the foreground until SIGTERM or SIGINT. "
+        "Without --config it uses the embedded default configuration "
+        "('smtpedge config' prints it). Log lines go to stderr and the log file.",
+    )  # fmt: skip
+    serve.add_argument("--config", help=config_help + " (default: the embedded default)")
+    serve.add_argument("--workers", type=int,
+                       help=f"worker processes (default: {defaults.workers})")  # fmt: skip
+    serve.add_argument("--port", type=int, help=f"listen on this port (default: {port})")
+    serve.add_argument("--listen", help=f"listen on this address (default: {listen})")
+    serve.add_argument("--spool-directory", help=where)
+    conf = sub.add_parser(
+        "config", help="print the effective configuration as TOML",
+        description="Print every option, with a comment, as TOML: the embedded default, "
+        "or --config's file with its defaults filled in.",
+    )  # fmt: skip
+    conf.add_argument("--config", help=config_help)
+    # --config and --spool-directory go before or after the queue sub-command;
+    # SUPPRESS keeps one given before from being reset by the one after.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("--spool-directory", default=argparse.SUPPRESS, help=where)
+    queue = sub.add_parser("queue", parents=[common], help="look at the queue: list, show, remove",
+                           description="Look at the queue of a server's data directory. "
+                           "Safe beside a running server.")  # fmt: skip
+    qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="QUEUE_COMMAND")
+    qsub.add_parser("list", parents=[common], help="one line per message, then its recipients")
+    qsub.add_parser("show", parents=[common],
+                    help="envelope and content of one message").add_argument("id")  # fmt: skip
+    qsub.add_parser("remove", parents=[common], help="delete one message").add_argument("id")
     ocsp_p = sub.add_parser("ocsp", help="OCSP proofs: fetch (and keep fresh), or serve")
-    osub = ocsp_p.add_subparsers(dest="ocsp_command", required=True)
+    osub = ocsp_p.add_subparsers(dest="ocsp_command", required=True, metavar="OCSP_COMMAND")
     fetch = osub.add_parser("fetch", help="fetch, verify and store an OCSP proof")
     fetch.add_argument("--cert", required=True, help="the certificate (PEM; its chain may follow)")
     fetch.add_argument("--issuer", help="the issuer certificate (default: second in --cert)")
     fetch.add_argument("--out", required=True, help="the proof file (tls_ocsp_file)")
     fetch.add_argument("--url", help="the responder (default: from the certificate's AIA)")
-    fetch.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    fetch.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds per request (default: 10)")  # fmt: skip
     fetch.add_argument("--watch", action="store_true", help="keep the proof fresh, forever")
     fetch.add_argument(
         "--min-interval",
         type=float,
         default=60.0,
-        help="never refresh sooner than this many seconds (with --watch)",
+        help="never refresh sooner than this many seconds (with --watch; default: 60)",
     )
-    oserve = osub.add_parser("serve", help="run an OCSP responder for your CA")
+    oserve = osub.add_parser("serve", help="run an OCSP responder for your CA",
+                             description="Answer OCSP requests (POST and GET) for one CA from "
+                             "its OpenSSL index.txt, until SIGTERM or SIGINT.")  # fmt: skip
     oserve.add_argument("--ca", required=True, help="the CA certificate (PEM)")
     oserve.add_argument("--key", required=True, help="the signing key (CA's or delegate's)")
     oserve.add_argument("--signer", help="a delegated responder certificate (default: the CA)")
     oserve.add_argument("--index", required=True, help="OpenSSL CA database (index.txt)")
-    oserve.add_argument("--listen", default="127.0.0.1:8080", help="address:port")
-    oserve.add_argument("--validity", default="1h", help="nextUpdate after thisUpdate")
+    oserve.add_argument("--listen", default="127.0.0.1:8080",
+                        help="address:port (default: 127.0.0.1:8080)")  # fmt: skip
+    oserve.add_argument("--validity", default="1h",
+                        help="nextUpdate after thisUpdate (default: 1h)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "ocsp":

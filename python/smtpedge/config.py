@@ -23,10 +23,17 @@ __all__ = ["Config", "ConfigError", "OPTIONS", "parse_size"]
 
 
 class ConfigError(ValueError):
-    """A configuration option with a bad value, or an unknown option."""
+    """A configuration option with a bad value, or an unknown option. When a
+    file has several mistakes, one ConfigError reports them all: ``errors``
+    holds one ``(option, message)`` pair per mistake, ``option`` the first."""
 
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"option {option}: {message}")
+    def __init__(self, option: str, message: str,
+                 errors: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
+        self.errors = errors or [(option, message)]
+        text = "; ".join(f"option {o}: {m}" for o, m in self.errors)
+        if len(self.errors) > 1:
+            text = f"{len(self.errors)} mistakes: {text}"
+        super().__init__(text)
         self.option = option
 
 
@@ -193,9 +200,10 @@ class Config:
         1000, _int(0), "Most simultaneous connections, all workers together (0: no limit)."
     )
     smtp_accept_max_per_host: int = _opt(
-        0,
+        50,
         _int(0),
-        "Most simultaneous connections per real (proxied) client address (0: no limit).",
+        "Most simultaneous connections per real (proxied) client address, so that one "
+        "client cannot take every slot (0: no limit).",
     )
     smtp_connect_ratelimit: RateLimit | None = _opt(
         None,
@@ -225,15 +233,28 @@ class Config:
         True, _bool, "Refuse clients that send before the banner or break pipelining rules."
     )
     smtp_receive_timeout: float = _opt(
-        300.0, _duration, "Time to wait for each command line.", '"5m"'
+        300.0,
+        _duration,
+        "Time for each command line to arrive whole, however its bytes trickle in; "
+        "then 421 4.4.2 and the connection is closed.",
+        '"5m"',
     )
     smtp_data_timeout: float = _opt(
-        300.0, _duration, "Time to wait for each piece of message data.", '"5m"'
+        300.0,
+        _duration,
+        "Time for each line of message data to arrive whole (in a BDAT chunk: each line or "
+        "64 KiB); then 421 4.4.2 and the connection is closed.",
+        '"5m"',
     )
     message_size_limit: int = _opt(
         50 * 1024**2, _size, "Largest message accepted (advertised with SIZE).", '"50M"'
     )
-    recipients_max: int = _opt(1000, _int(1), "Most recipients in one transaction.")
+    recipients_max: int = _opt(
+        1000,
+        _int(1),
+        "Most recipients in one transaction; more get 452 4.5.3. Beyond another "
+        "recipients_max, each one counts as a protocol error (smtp_max_synprot_errors).",
+    )
     smtp_max_synprot_errors: int = _opt(
         3, _int(0), "Syntax or protocol errors before the connection is closed."
     )
@@ -334,18 +355,26 @@ class Config:
         """Convert and check raw values (as read from TOML) on top of ``base``."""
         known = {f.name: f for f in fields(cls)}
         converted: dict[str, Any] = {}
+        errors: list[tuple[str, str]] = []
         for key, raw in values.items():
             f = known.get(key)
             if f is None:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(key, f"unknown option{hint}")
+                errors.append((key, f"unknown option{hint}"))
+                continue
             try:
                 converted[key] = f.metadata["conv"](raw)
             except (ValueError, HostListError) as exc:
-                raise ConfigError(key, str(exc)) from None
-        config = replace(base or cls(), **converted)
-        config._check_tls()
+                errors.append((key, str(exc)))
+        if not errors:
+            config = replace(base or cls(), **converted)
+            try:
+                config._check_tls()
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(errors[0][0], errors[0][1], errors)
         return config
 
     def _check_tls(self) -> None:
