@@ -8,7 +8,9 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +21,11 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp as x509_ocsp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pki import Issued, issue, make_ca
-from serverutil import free_port, peer, wait_port
+from serverutil import free_port, peer, wait_for
 from smtpedge import ocsp
 from smtpedge.ocsp_responder import Responder, parse_index
 
@@ -87,20 +91,187 @@ def test_responder_answers(pki: dict[str, Any], signer: str) -> None:
         assert x509_ocsp.load_der_ocsp_response(der).response_status.name == "MALFORMED_REQUEST"
 
 
+class ResponderProcess:
+    """``smtpedge ocsp serve`` in a child process, its log in a file."""
+
+    def __init__(self, pki: dict[str, Any], *, ignore_sigint: bool = False) -> None:
+        self.port = free_port()
+        d = pki["dir"]
+        self.log_path: Path = d / f"responder-{self.port}.log"
+        self.err = open(self.log_path, "wb")
+
+        def background_job() -> None:  # what a shell does to a job started with &
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpedge", "ocsp", "serve", "--ca", str(d / "ca.pem"),
+             "--key", str(d / "ca.key"), "--index", str(pki["index"]), "--listen",
+             f"127.0.0.1:{self.port}", "--validity", "4s"],
+            stderr=self.err, preexec_fn=background_job if ignore_sigint else None,
+        )  # fmt: skip
+        assert wait_for(lambda: "listening on" in self.log or self.proc.poll() is not None)
+        assert self.proc.poll() is None, self.log
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        return int(self.proc.returncode)
+
+
 @pytest.fixture
 def responder(pki: dict[str, Any]) -> Any:
-    port = free_port()
-    d = pki["dir"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpedge.cli", "ocsp", "serve", "--ca", str(d / "ca.pem"),
-         "--key", str(d / "ca.key"), "--index", str(pki["index"]), "--listen",
-         f"127.0.0.1:{port}", "--validity", "4s"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_port(port)
-    yield port, proc
-    proc.send_signal(signal.SIGINT)
-    proc.wait(10)
+    r = ResponderProcess(pki)
+    yield r.port, r.proc
+    assert r.stop() == 0, "stops cleanly on SIGTERM"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_responder_stops_on_signals_as_a_background_job(pki: dict[str, Any], sig: int) -> None:
+    r = ResponderProcess(pki, ignore_sigint=True)
+    assert r.stop(sig) == 0
+    assert "OCSP responder stopping" in r.log
+
+
+def _raw_post(port: int, pieces: list[bytes], *, pause: float = 0.3) -> tuple[int, bytes]:
+    """Send a request in separate TCP segments; return the status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(pause)  # let each piece go out as a segment of its own
+            sock.sendall(piece)
+        if pieces and pieces[-1] == b"":
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                if len(body) >= length:
+                    return int(head.split()[1]), body[:length]
+    raise AssertionError(f"no whole response: {data!r}")
+
+
+def _post_head(length: int) -> bytes:
+    return (f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/ocsp-request\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+
+
+def test_responder_reads_a_body_in_several_segments(pki: dict[str, Any], responder: Any) -> None:
+    port, _ = responder
+    req = ocsp.build_request(pki["good"].cert, pki["ca"].cert)
+    status, body = _raw_post(port, [_post_head(len(req)) + req[:10], req[10:40], req[40:]])
+    assert status == 200
+    resp = x509_ocsp.load_der_ocsp_response(body)
+    assert resp.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert resp.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+
+
+def test_responder_short_and_stalled_bodies(pki: dict[str, Any], tmp_path: Path) -> None:
+    from smtpedge.ocsp_responder import make_server
+
+    req = ocsp.build_request(pki["good"].cert, pki["ca"].cert)
+    r = Responder(pki["ca"].cert, pki["ca"].cert, pki["ca"].key, pki["index"])
+
+    async def run() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        from aiohttp import web
+
+        runner = web.ServerRunner(make_server(r, read_timeout=1.0))
+        await runner.setup()
+        port = free_port()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        try:
+            short = asyncio.to_thread(_raw_post, port, [_post_head(len(req)) + req[:20], b""])
+            stalled = asyncio.to_thread(_raw_post, port, [_post_head(len(req)) + req[:20]])
+            return await asyncio.gather(short, stalled)
+        finally:
+            await runner.cleanup()
+
+    (short_status, _), (stalled_status, _) = asyncio.run(run())
+    assert short_status == 400, "shorter than its Content-Length"
+    assert stalled_status == 408, "stalled past the time limit"
+
+
+def _negative_serial_request(good_req: bytes, serial: int) -> bytes:
+    raw = serial.to_bytes((serial.bit_length() + 8) // 8, "big")
+    encoded = b"\x02" + bytes([len(raw)]) + raw
+    assert good_req.count(encoded) == 1
+    return good_req.replace(encoded, b"\x02" + bytes([len(raw)]) + b"\x80" + raw[1:])
+
+
+def test_negative_serial_is_malformed_not_500(pki: dict[str, Any], responder: Any) -> None:
+    port, _ = responder
+    good_req = ocsp.build_request(pki["good"].cert, pki["ca"].cert)
+    bad = _negative_serial_request(good_req, pki["good"].cert.serial_number)
+    assert x509_ocsp.load_der_ocsp_request(bad).serial_number < 0
+    status, body = _raw_post(port, [_post_head(len(bad)) + bad])
+    assert status == 200
+    resp = x509_ocsp.load_der_ocsp_response(body)
+    assert resp.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    log = (pki["dir"] / f"responder-{port}.log").read_text()
+    assert wait_for(lambda: "negative serial number" in
+                    (pki["dir"] / f"responder-{port}.log").read_text())  # fmt: skip
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def mutation_responder(pki: dict[str, Any]) -> Any:
+    r = ResponderProcess(pki)
+    yield r
+    r.stop()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_mutated_requests_get_an_ocsp_answer_or_4xx(
+    pki: dict[str, Any], mutation_responder: ResponderProcess, data: Any
+) -> None:
+    """Flip, cut, insert and overwrite bytes of valid requests: every answer
+    is a well-formed OCSP response (or a 4xx), never a 500, and the log gets
+    at most one short line for it."""
+    good_req = ocsp.build_request(pki["good"].cert, pki["ca"].cert)
+    req = bytearray(good_req)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "set", "cut", "insert"]))
+        i = data.draw(st.integers(0, len(req) - 1)) if req else 0
+        if op == "flip" and req:
+            req[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "set" and req:
+            req[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del req[i : i + data.draw(st.integers(1, 8))]
+        else:
+            req[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+    status, body = _raw_post(mutation_responder.port, [_post_head(len(req)) + bytes(req)])
+    assert status == 200 or 400 <= status < 500, status
+    if status == 200:
+        resp = x509_ocsp.load_der_ocsp_response(body)
+        assert resp.public_bytes(serialization.Encoding.DER) == body
+
+
+def test_mutations_left_the_responder_well(
+    pki: dict[str, Any], mutation_responder: ResponderProcess
+) -> None:
+    r = mutation_responder
+    assert r.proc.poll() is None
+    out = openssl_query(pki, r.port, "good")
+    assert "Response verify OK" in out and ": good" in out
+    log = r.log
+    assert "Traceback" not in log and "Error handling request" not in log
+    assert max(len(line) for line in log.splitlines()) < 300, "short log lines"
+    assert r.stop() == 0
 
 
 def openssl_query(pki: dict[str, Any], port: int, name: str) -> str:
@@ -191,7 +362,7 @@ def test_fetch_watch_refreshes(pki: dict[str, Any], responder: Any, tmp_path: Pa
     d = pki["dir"]
     out = tmp_path / "watched.ocsp"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smtpedge.cli", "ocsp", "fetch", "--cert",
+        [sys.executable, "-m", "smtpedge", "ocsp", "fetch", "--cert",
          str(d / "good-chain.pem"), "--out", str(out), "--url", f"http://127.0.0.1:{port}",
          "--watch", "--min-interval", "1"],
         stderr=subprocess.DEVNULL,
