@@ -113,7 +113,7 @@ class Client:
         self.sock.close()
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -158,15 +158,39 @@ class ServeProcess:
         self.config_path = spool.parent / f"smtpedge-{self.port}.toml"
         self.config_path.write_text("\n".join(lines) + "\n")
         self.stderr = open(spool.parent / f"serve-{self.port}.err", "wb")
+        log_file = spool / "log" / "main.log"
+        self._log_start = log_file.stat().st_size if log_file.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpedge.cli", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "smtpedge", "serve", "--config", str(self.config_path)],
             stderr=self.stderr,
         )
-        wait_port(self.port)
+        self.wait_log("smtpedge ready")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> str:
+        """Wait until ``text`` is in this server's log lines ``count`` times;
+        return them. Fails at once if the server exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log
+            if log.count(text) >= count:
+                return log
+            if self.proc.poll() is not None:
+                err = (self.spool.parent / f"serve-{self.port}.err").read_text()
+                raise RuntimeError(f"smtpedge serve exited ({self.proc.returncode}): {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{text!r} not logged {count} time(s) within {timeout}s")
+            time.sleep(0.02)
 
     @property
     def log(self) -> str:
-        return (self.spool / "log" / "main.log").read_text()
+        """What this server has logged so far (not earlier runs in the same
+        data directory)."""
+        log_file = self.spool / "log" / "main.log"
+        if not log_file.exists():
+            return ""
+        with open(log_file, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode("utf-8", "replace")
 
     def stop(self) -> int:
         import signal

@@ -14,13 +14,15 @@ from smtpedge.limits import ConnectionLimits, RateLimit
 def test_table_round_trip(make: type) -> None:
     t = make()
     assert t.get("192.0.2.1") is None
-    t.put("192.0.2.1", (2, 1.5, 100.0))
-    t.put("2001:db8::1", (1, 0.0, 0.0))
-    t.put("not-an-address", (1, 0.0, 0.0))
+    t.update("192.0.2.1", 2, 1.5, 100.0)
+    t.update("2001:db8::1", 1, 0.0, 0.0)
+    t.update("not-an-address", 1, 0.0, 0.0)
     assert t.get("192.0.2.1") == (2, 1.5, 100.0)
     assert t.get("2001:db8::1") == (1, 0.0, 0.0)
     assert t.get("not-an-address") == (1, 0.0, 0.0)
     assert t.get("192.0.2.2") is None
+    t.update("192.0.2.1", -5, 2.0, 101.0)
+    assert t.get("192.0.2.1") == (0, 2.0, 101.0), "counts never go below zero"
 
 
 def test_shared_table_is_shared_across_fork() -> None:
@@ -41,13 +43,36 @@ def test_shared_table_is_shared_across_fork() -> None:
 
 def test_shared_table_compacts_when_full() -> None:
     t = SharedHostTable(slots=64)
-    t.put("10.0.0.1", (1, 0.0, 0.0))  # an open connection survives compaction
+    t.update("10.0.0.1", 1, 0.0, 0.0)  # an open connection survives compaction
     for i in range(200):
-        t.put(f"10.1.{i // 250}.{i % 250}", (0, 1.0, float(i)))
+        t.update(f"10.1.{i // 250}.{i % 250}", 0, 1.0, float(i))
     assert t.get("10.0.0.1") == (1, 0.0, 0.0)
     assert t.get("10.1.0.199") == (0, 1.0, 199.0), "the newest rates are kept"
-    t.reset_counts()
-    assert t.get("10.0.0.1") == (0, 0.0, 0.0)
+
+
+def test_a_dead_workers_counts_are_forgotten_and_no_one_elses() -> None:
+    t = SharedHostTable(slots=64, workers=3)
+    for worker, n in ((0, 2), (1, 5), (2, 1)):
+        t.worker = worker
+        t.update("192.0.2.7", n, 0.5, 9.0)
+    assert t.get("192.0.2.7") == (8, 0.5, 9.0)
+    t.forget_worker(1)
+    assert t.get("192.0.2.7") == (3, 0.5, 9.0), "the survivors' connections still count"
+    t.worker = 1  # the worker started in its place counts from zero
+    t.update("192.0.2.7", -1, 0.5, 9.0)
+    assert t.get("192.0.2.7") == (3, 0.5, 9.0)
+
+
+def test_a_lock_holder_killed_mid_update_does_not_wedge_the_table() -> None:
+    t = SharedHostTable(slots=64)
+    pid = os.fork()
+    if pid == 0:
+        t.lock.__enter__()
+        os.kill(os.getpid(), 9)  # dies holding the lock
+    os.waitpid(pid, 0)
+    with t.lock:  # the kernel released it
+        t.update("192.0.2.8", 1, 0.0, 0.0)
+    assert t.get("192.0.2.8") == (1, 0.0, 0.0)
 
 
 def test_shared_ratelimit() -> None:

@@ -518,3 +518,77 @@ def test_proxy_header_from_a_host_that_is_not_a_proxy(version: int) -> None:
     d = Driver()
     d.feed(b"NOOP\r\n")
     assert d.feed(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").startswith(b"500 5.5.1"), "only first"
+
+
+def test_replies_come_in_batches_so_unread_output_cannot_pile_up() -> None:
+    """A client pipelining thousands of commands: next_event stops after a
+    batch of replies until they are taken, so the adapter can apply
+    backpressure (stop reading) instead of buffering every reply."""
+    d = Driver()
+    d.feed(b"EHLO c\r\n")
+    d.conn.receive_data(b"RSET\r\n" * 1000)
+
+    def drain() -> int:
+        n = 0
+        while d.conn.next_event() is not None:
+            n += 1
+        return n
+
+    assert drain() == 256
+    assert d.conn.output_pending
+    assert drain() == 0, "nothing more until the batch is taken"
+    first = d.conn.data_to_send()
+    assert first.count(b"250 2.0.0 OK\r\n") == 256
+    assert not d.conn.output_pending
+    total = 256
+    while n := drain():
+        assert n <= 256
+        assert d.conn.data_to_send().count(b"\r\n") == n
+        total += n
+    assert total == 1000, "every command answered, in batches"
+
+
+def test_progress_counts_whole_lines_only() -> None:
+    """``progress`` moves when a command or data line is complete, not for
+    each byte: what the adapter's timeouts are measured against."""
+    d = Driver()
+    before = d.conn.progress
+    for byte in b"EHLO slow.example":
+        d.feed(bytes([byte]))
+    assert d.conn.progress == before, "a line that has not ended is no progress"
+    d.feed(b"\r\n")
+    assert d.conn.progress == before + 1
+    d.feed(SESSION)
+    mark = d.conn.progress
+    for byte in b"a data line":
+        d.feed(bytes([byte]))
+    assert d.conn.progress == mark
+    d.feed(b"\r\n")
+    assert d.conn.progress > mark
+
+
+def test_split_proxy_header_from_a_host_that_is_not_a_proxy() -> None:
+    for cut in (1, 3, 5):
+        d = Driver()
+        head = b"PROXY TCP4 192.0.2.1 198.51.100.1 1234 25\r\n"
+        assert d.feed(head[:cut]) == b""
+        out = d.feed(head[cut:] + b"EHLO c\r\n")
+        assert out.startswith(b"554 5.7.0"), (cut, out)
+        assert d.conn.closed
+    v2 = proxy.build_header(2, "PROXY", ("192.0.2.7", 4000), ("198.51.100.1", 25))
+    d = Driver()
+    assert d.feed(v2[:6]) == b""
+    assert d.feed(v2[6:]).startswith(b"554 5.7.0")
+    d = Driver()
+    assert d.feed(b"\r\n").startswith(b"500"), "a blank line is not held back"
+
+
+def test_recipients_past_the_overshoot_count_as_errors() -> None:
+    d = Driver(limits=Limits(max_recipients=3, max_errors=2))
+    d.feed(b"EHLO c\r\n")
+    out = d.feed(b"MAIL FROM:<a@b.example>\r\n" + b"RCPT TO:<r@c.example>\r\n" * 100)
+    codes = d.codes(out)
+    assert codes[:4] == ["250"] * 4, "MAIL and three recipients"
+    assert codes[4:7] == ["452"] * 3, "as many again get 452 only"
+    assert codes[7:] == ["452", "452", "421"], "then each is an error, and the session ends"
+    assert d.conn.closed

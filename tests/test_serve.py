@@ -9,15 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serverutil import Client, ServeProcess, wait_for, wait_port
+from serverutil import Client, ServeProcess, wait_for
 from smtpedge.queue import Queue
 
 
 def test_serve_with_no_arguments_uses_the_embedded_default(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "smtpedge.cli", "serve"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "smtpedge", "serve"], cwd=tmp_path,
                             stderr=subprocess.PIPE)  # fmt: skip
+    main_log = tmp_path / "smtpedge-data" / "log" / "main.log"
     try:
-        wait_port(2525)
+        assert wait_for(lambda: main_log.exists() and "smtpedge ready" in main_log.read_text())
         c = Client(2525)
         assert c.reply().startswith("220 ")
         c.cmd("EHLO default.example")

@@ -284,6 +284,9 @@ def test_handler_crash_gets_421_and_server_goes_on(
         d = Client(srv.port)
         assert d.reply().startswith("220")
     assert "ZeroDivisionError" in caplog.text
+    text = caplog.text
+    assert text.count("Traceback (most recent call last)") == 1, "its traceback, once"
+    assert text.count('raise ZeroDivisionError("boom")') == 1
 
 
 def test_bdat_and_large_message_via_spool_file(spool: Path) -> None:

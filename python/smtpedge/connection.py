@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import itertools
 import os
@@ -29,10 +30,11 @@ from smtpedge.tls.engine import TLSEngine
 if TYPE_CHECKING:
     from smtpedge.server import Server
 
-__all__ = ["Connection", "fmt_address", "sock_address"]
+__all__ = ["Connection", "describe_error", "fmt_address", "sock_address"]
 
 _READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
 _SPILL_CHUNK = 256 * 1024  # write big messages out in pieces of about this size
+_REFUSALS_LOGGED = 5  # refusals logged one by one per session; the rest are counted
 _session_ids = itertools.count(1)
 
 
@@ -47,6 +49,16 @@ def sock_address(sockaddr: Any) -> tuple[str, int]:
                 host = str(ip.ipv4_mapped)
         return host, int(sockaddr[1])
     return ("unknown", 0)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The real cause of a storage failure, short: ``No space left on device
+    (ENOSPC): '/var/spool/...'``, or the exception's own text."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        where = f": {exc.filename!r}" if exc.filename else ""
+        return f"{exc.strerror or os.strerror(exc.errno)} ({name}){where}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def fmt_address(addr: tuple[str, int] | None) -> str:
@@ -75,14 +87,20 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_eof",
         "_last",
         "_paused",
+        "_progress",
+        "_refusals",
         "_spill",
+        "_spill_error",
         "_spill_path",
+        "_storing",
         "_task",
         "_timer",
         "_tls",
         "_transport",
+        "_write_paused",
         "admitted",
         "counted",
         "envelope",
@@ -97,9 +115,15 @@ class Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._paused = False
+        self._progress = 0
+        self._paused = False  # reading paused while a hook runs
+        self._write_paused = False  # the client does not read its replies
+        self._eof = False  # the client shut down its sending side
+        self._storing = False  # a message is being committed: never cancel that
+        self._refusals = 0
         self._closing = False
         self._spill: BinaryIO | None = None
+        self._spill_error: OSError | None = None
         self._tls: TLSEngine | None = None
         self._spill_path: Path | None = None
         self.counted = False  # holds a slot of smtp_accept_max
@@ -137,13 +161,12 @@ class Connection(asyncio.Protocol):
             self._start(self._welcome())
 
     def data_received(self, data: bytes) -> None:
-        self._last = asyncio.get_running_loop().time() if self._timer else self._last
         if self._tls is not None:
             data = self._tls_receive(data)
             if not data:
                 return
         self.proto.receive_data(data)
-        if self._task is None:
+        if self._task is None and not self._write_paused:
             self._process()
         elif self.proto.buffered > _READ_PAUSE and not self._paused:
             assert self._transport is not None
@@ -151,7 +174,30 @@ class Connection(asyncio.Protocol):
             self._paused = True
 
     def eof_received(self) -> bool | None:
-        return None
+        """The client shut down its sending side (a half-close): finish what it
+        sent (a message and its QUIT, say), answer it, then close."""
+        self._eof = True
+        if self._task is None and not self._write_paused:
+            self._process()
+        return True  # keep the transport open to send the replies
+
+    def pause_writing(self) -> None:
+        """The client is not reading its replies: stop reading and answering
+        its commands until the output drains, so memory stays bounded."""
+        self._write_paused = True
+        if self._transport is not None and not self._paused:
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is None or self._transport.is_closing():
+            return
+        if not self._paused:
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+        if self._task is None:
+            self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
@@ -166,12 +212,16 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            if not self._storing:  # a commit runs on, and logs its message
+                self._task.cancel()
         else:
             self._discard_spill()
         if not self._closing and not self.proto.closed:
             logger.info("SMTP connection from %s lost%s", self._who(),
                         f": {exc}" if exc else "")  # fmt: skip
+        if self._refusals > _REFUSALS_LOGGED:
+            logger.info("SMTP connection from %s: %d more refusal(s) not logged one by one",
+                        self._who(), self._refusals - _REFUSALS_LOGGED)  # fmt: skip
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -184,6 +234,13 @@ class Connection(asyncio.Protocol):
         if s.proxy_peer is not None:
             return f"{fmt_address(s.peer)} PX={fmt_address(s.proxy_peer)}"
         return fmt_address(s.peer)
+
+    def _refused(self, fmt: str, *args: Any) -> None:
+        """Log a refusal: the first few of a session one by one, the rest
+        summed up in one line when it ends, so no client can flood the log."""
+        self._refusals += 1
+        if self._refusals <= _REFUSALS_LOGGED:
+            logger.info(fmt, *args)
 
     def _arm(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -217,10 +274,13 @@ class Connection(asyncio.Protocol):
             shortest = min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout)
             self._timer = loop.call_later(min(max(left, 0.05), shortest), self._check_timer, limit)
             return
-        logger.info("SMTP %s timeout for %s", "data" if state in ("DATA", "BDAT") else
-                    "command", self._who())  # fmt: skip
+        logger.info("SMTP %s timeout for %s after %.1fs%s", "data" if state in ("DATA", "BDAT")
+                    else "command", self._who(), limit,
+                    ": not reading its replies" if self._write_paused else "")  # fmt: skip
         self.proto.timeout()
         self._flush()
+        if self._write_paused and self._transport is not None:
+            self._transport.abort()  # its unread replies would never drain
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         self._task = asyncio.get_running_loop().create_task(coro)
@@ -233,14 +293,17 @@ class Connection(asyncio.Protocol):
         exc = task.exception()
         if exc is not None:
             logger.error("internal error in session %s from %s: %r", self.session.id,
-                         self._who(), exc)  # fmt: skip
+                         self._who(), exc, exc_info=exc)  # fmt: skip
             self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
             self._flush()
             return
+        self._last = asyncio.get_running_loop().time()  # the client waited for us
         if self._paused and self._transport is not None:
             self._paused = False
-            self._transport.resume_reading()
-        self._process()
+            if not self._write_paused:
+                self._transport.resume_reading()
+        if not self._write_paused:
+            self._process()
 
     def _flush(self) -> None:
         t = self._transport
@@ -369,44 +432,77 @@ class Connection(asyncio.Protocol):
         self._greet(name)
 
     def _process(self) -> None:
-        """Run protocol events until input runs out or a hook must be awaited."""
+        """Run protocol events until input runs out, a hook must be awaited,
+        or the client stops reading its replies."""
         proto = self.proto
         while self._task is None:
             event = proto.next_event()
             if event is None:
-                break
-            self._last = asyncio.get_running_loop().time()
+                if not proto.output_pending or proto.closed:
+                    break
+                self._flush()  # a batch of replies is ready: send it first
+                if self._write_paused:
+                    break
+                continue
             if event.needs_reply:
                 if not self._decide_now(event):
                     self._start(self._decide(event))
                     break
                 continue
             self._inform(event)
-        if self._spill is not None or proto.data_pending >= _SPILL_CHUNK:
+        if proto.progress != self._progress:
+            # A line (command or data) was completed: its timeout starts again.
+            self._progress = proto.progress
+            self._last = asyncio.get_running_loop().time()
+        if (
+            self._spill is not None
+            or self._spill_error is not None
+            or proto.data_pending >= _SPILL_CHUNK
+        ):
             self._spill_data()
         self._flush()
+        if self._eof and self._task is None and not self._write_paused and not proto.closed:
+            # Everything the client sent before its half-close is answered.
+            logger.info("SMTP connection from %s closed by the client (end of input, %d "
+                        "message%s)", self._who(), self.session.messages,
+                        "" if self.session.messages == 1 else "s")  # fmt: skip
+            self._close()
 
     def _spill_data(self) -> None:
         """Write a big message to a spool file as it arrives, so memory holds
         at most a chunk of it, whatever the size limit."""
         proto = self.proto
-        if self._spill is None:
-            if proto.data_pending <= self.server.config.spool_inline_max:
-                return
-            committer = self.server._committer
-            assert committer is not None
-            self._spill_path = committer.incoming / f"{self.session.id}.{self.session.messages}"
-            self._spill = open(self._spill_path, "wb")
-        elif proto.data_pending < _SPILL_CHUNK:
+        if proto.state not in ("DATA", "BDAT"):
             return
-        self._spill.write(proto.take_data())
+        if self._spill_error is not None:
+            proto.take_data()  # the message gets 451 at its end: drop it as it comes
+            return
+        try:
+            if self._spill is None:
+                if proto.data_pending <= self.server.config.spool_inline_max:
+                    return
+                committer = self.server._committer
+                assert committer is not None
+                name = f"{self.session.id}.{self.session.messages}"
+                self._spill_path = committer.incoming / name
+                self._spill = open(self._spill_path, "wb")
+            elif proto.data_pending < _SPILL_CHUNK:
+                return
+            self._spill.write(proto.take_data())
+        except OSError as exc:
+            self._discard_spill()
+            self._spill_error = exc
+            proto.take_data()
 
     def _discard_spill(self) -> None:
+        self._spill_error = None
         if self._spill is not None:
-            self._spill.close()
+            with contextlib.suppress(OSError):
+                self._spill.close()
             self._spill = None
         if self._spill_path is not None:
-            self._spill_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._spill_path.unlink(missing_ok=True)
             self._spill_path = None
 
     def _inform(self, event: ev.Event) -> None:
@@ -424,12 +520,12 @@ class Connection(asyncio.Protocol):
                         self._who(), event.preview[:32])  # fmt: skip
         elif isinstance(event, ev.ProtocolViolation):
             line = event.line.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
-            logger.info("SMTP protocol error from %s in %r: %s", self._who(), line,
-                        event.error.reply.decode().strip())  # fmt: skip
+            self._refused("SMTP protocol error from %s in %r: %s", self._who(), line,
+                          event.error.reply.decode().strip())  # fmt: skip
         elif isinstance(event, ev.MessageRefused):
             self._discard_spill()
-            logger.info("message from %s refused in %s: %s", self._who(), event.command,
-                        event.error.reply.decode().strip())  # fmt: skip
+            self._refused("message from %s refused in %s: %s", self._who(), event.command,
+                          event.error.reply.decode().strip())  # fmt: skip
             self.envelope = Envelope()
         elif isinstance(event, ev.Reset):
             self._discard_spill()
@@ -563,19 +659,28 @@ class Connection(asyncio.Protocol):
     async def _message(self, event: ev.MessageReceived) -> None:
         srv = self.server
         s, env = self.session, self.envelope
+        if self._spill_error is not None:
+            logger.error("message from %s NOT queued: cannot write its spool file: %s",
+                         self._who(), describe_error(self._spill_error))  # fmt: skip
+            self._discard_spill()
+            self.proto.respond("451 4.3.0 Local error in processing: message not queued")
+            self.envelope = Envelope()
+            return
         size = len(event.content)
-        if self._spill is not None:
-            self._spill.write(event.content)
-            self._spill.close()
-            self._spill = None
-            assert self._spill_path is not None
-            env.content_file = str(self._spill_path)
-            size = self._spill_path.stat().st_size
-        else:
-            env.content = event.content
         reply: str | None = None
         qid = None
         try:
+            if self._spill is not None:
+                spill, self._spill = self._spill, None
+                try:
+                    spill.write(event.content)
+                finally:
+                    spill.close()
+                assert self._spill_path is not None
+                env.content_file = str(self._spill_path)
+                size = self._spill_path.stat().st_size
+            else:
+                env.content = event.content
             if "DATA" in srv.hooks:
                 if env.content is None and env.content_file is not None:
                     env.content = Path(env.content_file).read_bytes()
@@ -584,19 +689,28 @@ class Connection(asyncio.Protocol):
                 # From here the committer owns the spool file: it moves it into
                 # the queue, or removes it if the message cannot be stored.
                 self._spill_path = None
+                self._storing = True
                 try:
-                    qid = await srv.queue_message(s, env)
+                    qid, size = await srv._queue(s, env)
                 except Exception as exc:
-                    logger.error("message from %s NOT queued: %r", self._who(), exc)
+                    logger.error("message from %s NOT queued: %s", self._who(),
+                                 describe_error(exc))  # fmt: skip
                     reply = "451 4.3.0 Local error in processing: message not queued"
                 else:
                     reply = f"250 2.0.0 OK id={qid}"
+                finally:
+                    self._storing = False
+        except OSError as exc:  # the spool file could not be finished or read
+            logger.error("message from %s NOT queued: %s", self._who(), describe_error(exc))
+            reply = "451 4.3.0 Local error in processing: message not queued"
         finally:
             self._discard_spill()  # queued (moved into the spool), or not wanted
         if self._transport is None or self._transport.is_closing():
             if qid:
-                logger.info("%s <= <%s> H=%s: client gone before the 250 reply", qid,
-                            env.mail_from, self._who())  # fmt: skip
+                logger.info("%s <= <%s> H=(%s) %s P=%s S=%d for %s: client gone before the "
+                            "250 reply", qid, env.mail_from, s.host_name, self._who(),
+                            protocol_name(s, env).lower(), size,
+                            " ".join(f"<{r.address}>" for r in env.recipients))  # fmt: skip
             return
         self.proto.respond(reply)
         if reply.startswith("2"):

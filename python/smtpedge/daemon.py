@@ -1,30 +1,41 @@
 """``smtpedge serve``: run the server as a daemon in the foreground.
 
-The parent binds the listening sockets, cleans up after any crash (orphaned
-spool files), then serves itself (``workers = 1``) or forks workers that share
-the sockets, restarting any that die. SIGTERM or SIGINT stops it gracefully:
-no new connections, sessions get a few seconds to finish, then 421.
+The parent locks the data directory (a second server on it is refused,
+naming the PID that holds it), cleans up after any crash (orphaned spool
+files), binds the listening sockets, then serves itself (``workers = 1``) or
+forks workers that share the sockets. When every worker listens it logs
+``smtpedge ready``. A worker that dies is restarted at once; the supervisor
+first clears its share of the per-client counts and its partial uploads.
+SIGTERM or SIGINT stops it gracefully: no new connections, sessions get a few
+seconds to finish, then 421.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import os
 import resource
+import select
 import signal
 import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from smtpedge.config import Config
+from smtpedge.connection import describe_error
 from smtpedge.hosttable import HostTable, SharedHostTable
 from smtpedge.log import configure, logger
-from smtpedge.queue import Queue
+from smtpedge.log import flush as flush_log
+from smtpedge.queue import Queue, incoming_directory
 
-__all__ = ["bind", "run"]
+__all__ = ["DataDirectoryBusy", "DataDirectoryLock", "bind", "run"]
 
 
 def bind(config: Config) -> list[socket.socket]:
@@ -85,12 +96,18 @@ def _event_loop_factory(config: Config) -> Any:
 
 
 async def _serve(
-    config: Config, socks: list[socket.socket], handler: Any, table: HostTable | None
+    config: Config,
+    socks: list[socket.socket],
+    handler: Any,
+    table: HostTable | None,
+    ready: Callable[[], None] | None,
 ) -> None:
     from smtpedge.server import Server
 
     server = Server(handler, config, sockets=socks, host_table=table)
     await server.start()
+    if ready is not None:
+        ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,20 +118,78 @@ async def _serve(
 
 
 def _serve_worker(
-    config: Config, socks: list[socket.socket], handler: Any, table: HostTable | None = None
+    config: Config,
+    socks: list[socket.socket],
+    handler: Any,
+    table: HostTable | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     factory = _event_loop_factory(config)
+    main = _serve(config, socks, handler, table, ready)
     if factory is not None:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(config, socks, handler, table))
+            runner.run(main)
     else:
-        asyncio.run(_serve(config, socks, handler, table))
+        asyncio.run(main)
+
+
+class DataDirectoryLock:
+    """``<spool_directory>/smtpedge.pid``, locked (``flock``) for as long as a
+    server uses the directory, with that server's PID in it. A second server
+    on the same directory is refused before it touches anything; queue
+    commands do not take the lock and keep working beside a server."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "smtpedge.pid"
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirectoryBusy(
+                f"the data directory {directory} is in use by smtpedge process {holder} "
+                f"(lock file {self.path})"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+class DataDirectoryBusy(Exception):
+    """Another smtpedge server holds the data directory."""
 
 
 def run(config: Config, handler: Any = None) -> int:
     """Run ``smtpedge serve`` until SIGTERM/SIGINT; return the exit status."""
     try:
-        config.spool_path.mkdir(parents=True, exist_ok=True)
+        lock = DataDirectoryLock(config.spool_path)
+    except DataDirectoryBusy as exc:
+        raise SystemExit(f"smtpedge: {exc}") from None
+    except OSError as exc:
+        raise SystemExit(
+            f"smtpedge: cannot use the data directory {config.spool_path} "
+            f"(option spool_directory): {describe_error(exc)}"
+        ) from None
+    try:
+        return _run(config, handler)
+    finally:
+        lock.release()
+
+
+def _run(config: Config, handler: Any) -> int:
+    try:
         configure(config.log_path)
         q = Queue(config.spool_path, inline_max=config.spool_inline_max)
         orphans = q.recover()
@@ -135,29 +210,73 @@ def run(config: Config, handler: Any = None) -> int:
         f", {orphans} half-written spool file(s) removed" if orphans else "",
     )  # fmt: skip
     if config.workers == 1:
-        _serve_worker(config, socks, handler)
+        _serve_worker(config, socks, handler, ready=lambda: _log_ready(config, 1))
+        logger.info("smtpedge stopped")
         return 0
     return _supervise(config, socks, handler)
+
+
+def _log_ready(config: Config, workers: int) -> None:
+    logger.info("smtpedge ready: %d worker(s) accepting connections", workers)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to send this worker SIGTERM when the supervisor dies
+    (Linux PR_SET_PDEATHSIG), so no orphaned worker goes on holding sockets."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_uploads(config: Config, pid: int) -> int:
+    """Remove a dead worker's partial uploads from spool/incoming (their names
+    start with its session IDs, ``<pid in hex>.``); return how many."""
+    removed = 0
+    for path in incoming_directory(config.spool_path).glob(f"{pid:x}.*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
     children: dict[int, int] = {}
     stopping = False
     # Per-client connection counts and rates, shared by every worker.
-    table = SharedHostTable()
+    table = SharedHostTable(workers=config.workers)
+    parent = os.getpid()
+    ready_r, ready_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    for fd in (ready_r, wake_r, wake_w):
+        os.set_blocking(fd, False)
 
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for fd in (ready_r, wake_r, wake_w):
+                os.close(fd)
+            _die_with_parent(parent)
+            table.worker = slot
+
+            def ready() -> None:
+                os.write(ready_w, b"%d\n" % os.getpid())
+
             code = 0
             try:
-                _serve_worker(config, socks, handler, table)
+                _serve_worker(config, socks, handler, table, ready)
             except BaseException as exc:  # the worker must never return into the parent's code
                 logger.error("worker %d failed: %r", os.getpid(), exc)
                 code = 1
             finally:
+                flush_log()
                 os._exit(code)
         children[pid] = slot
 
@@ -170,25 +289,67 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
     for slot in range(config.workers):
         spawn(slot)
+    ready: set[int] = set()  # workers that listen
+    pending = b""
+    announced = False
     while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        slot = children.pop(pid, -1)
-        if slot >= 0 and not stopping:
-            logger.error("worker %d exited (status %d); restarting it", pid, status)
-            table.reset_counts()
-            time.sleep(0.5)
+        with contextlib.suppress(InterruptedError):
+            select.select([ready_r, wake_r], [], [], 5.0)
+        with contextlib.suppress(BlockingIOError):
+            pending += os.read(ready_r, 4096)
+            *done, pending = pending.split(b"\n")
+            ready.update(int(pid) for pid in done)
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_r, 1024)
+        if not announced and children and set(children) <= ready:
+            announced = True  # again after each restart, once the new worker listens
+            _log_ready(config, len(children))
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            slot = children.pop(pid, -1)
+            ready.discard(pid)
+            if slot < 0:
+                continue
+            # Its connections are gone: clear its counts and partial uploads.
+            table.forget_worker(slot)
+            uploads = _remove_uploads(config, pid)
+            if stopping:
+                continue
+            logger.error(
+                "worker %d exited (%s); restarting it%s", pid, _describe_status(status),
+                f", {uploads} partial upload(s) removed" if uploads else "",
+            )  # fmt: skip
+            time.sleep(0.5)  # no tight loop if a worker dies at once, every time
             spawn(slot)
+            announced = False
+    signal.set_wakeup_fd(-1)
+    for fd in (ready_r, ready_w, wake_r, wake_w):
+        os.close(fd)
     for s in socks:
         s.close()
     logger.info("smtpedge stopped")
     return 0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
 
 
 def main_error(message: str) -> int:

@@ -170,10 +170,9 @@ class ConnectionLimits:
         if self.max_total:
             with self.table.lock:
                 state = self.table.get(_TOTAL)
-                count = state[0] if state else 0
-                if count >= self.max_total:
+                if state is not None and state[0] >= self.max_total:
                     return "Too many concurrent SMTP connections; please try again later"
-                self.table.put(_TOTAL, (count + 1, 0.0, 0.0))
+                self.table.update(_TOTAL, 1, 0.0, 0.0)
         self.total += 1
         return None
 
@@ -182,9 +181,7 @@ class ConnectionLimits:
         self.total -= 1
         if self.max_total:
             with self.table.lock:
-                state = self.table.get(_TOTAL)
-                if state is not None:
-                    self.table.put(_TOTAL, (max(state[0] - 1, 0), 0.0, 0.0))
+                self.table.update(_TOTAL, -1, 0.0, 0.0)
 
     def admit(self, host: str) -> str | None:
         """Take a slot for the real client ``host`` (after any PROXY header);
@@ -202,12 +199,12 @@ class ConnectionLimits:
                 if store:
                     rate, when = new_rate, now
                 if not allowed:
-                    self.table.put(host, (count, rate, when))
+                    self.table.update(host, 0, rate, when)
                     return (
                         f"Connection rate from [{host}] too high ({new_rate:.1f} > "
                         f"{rl.spec.limit:g} per {rl.spec.period:g}s); please try again later"
                     )
-            self.table.put(host, (count + 1, rate, when))
+            self.table.update(host, 1, rate, when)
         return None
 
     def release(self, host: str) -> None:
@@ -216,4 +213,4 @@ class ConnectionLimits:
         with self.table.lock:
             state = self.table.get(host)
             if state is not None:
-                self.table.put(host, (max(state[0] - 1, 0), state[1], state[2]))
+                self.table.update(host, -1, state[1], state[2])

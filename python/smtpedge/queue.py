@@ -110,6 +110,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def incoming_directory(directory: str | Path) -> Path:
+    """Where the server in data directory ``directory`` writes big messages as
+    they arrive, one file per upload named after its session
+    (``<worker PID in hex>.<n>.<message>``)."""
+    return Path(directory) / "spool" / "incoming"
+
+
 class Queue:
     """Access to the queue in a data directory (one SQLite connection; use one
     ``Queue`` per thread)."""
@@ -136,7 +143,7 @@ class Queue:
     def incoming(self) -> Path:
         """Where a server writes big messages as they arrive (see
         ``GroupCommitter.store(content_file=...)``); emptied by ``recover()``."""
-        path = self.spool / "incoming"
+        path = incoming_directory(self.directory)
         path.mkdir(exist_ok=True)
         return path
 
@@ -204,9 +211,14 @@ class Queue:
             )  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (a full disk, say) may have rolled back already:
+            # the original error is the one to report, and the spool files go.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             for rel in files.values():
-                (self.spool / rel).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.spool / rel).unlink(missing_ok=True)
             raise
         return failed
 
@@ -351,16 +363,17 @@ class GroupCommitter:
         queue_id: str | None = None,
         header: bytes = b"",
         content_file: str | None = None,
-    ) -> str:
+    ) -> int:
         """Store a message: ``header`` (the Received line) and then either
-        ``content`` or the file ``content_file``, which is moved into the spool."""
+        ``content`` or the file ``content_file``, which is moved into the spool.
+        Return the size stored."""
         record = make_record(sender, recipients, content, mail_params, raw_mail_params,
                              client, queue_id, header, content_file)  # fmt: skip
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._requests.put((record, fut, loop))
         await fut
-        return record.id
+        return record.size
 
     @property
     def incoming(self) -> Path:

@@ -84,6 +84,7 @@ class Server:
         self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
         self._offers: dict[tuple[str, str | None], Offer] = {}
         self.tls: ServerTLS | None = None
+        self._lock: Any = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -106,7 +107,11 @@ class Server:
         cfg.spool_path.mkdir(parents=True, exist_ok=True)
         if self._sockets is None:
             # A server on its own (not a worker of smtpedge serve, whose parent
-            # did this before forking): clear what a crash left half-written.
+            # did this before forking): lock the directory, then clear what a
+            # crash left half-written.
+            from smtpedge.daemon import DataDirectoryLock
+
+            self._lock = DataDirectoryLock(cfg.spool_path)
             q = self.open_queue()
             q.recover()
             q.close()
@@ -163,6 +168,9 @@ class Server:
             if committer.batches:
                 logger.info("queue: %d message(s) made durable in %d group commit(s)",
                             committer.committed, committer.batches)  # fmt: skip
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -203,6 +211,12 @@ class Server:
     async def queue_message(self, session: Session, envelope: Envelope) -> str:
         """Add a Received header and store the message durably; return its queue ID
         once it is on stable storage."""
+        qid, _ = await self._queue(session, envelope)
+        return qid
+
+    async def _queue(self, session: Session, envelope: Envelope) -> tuple[str, int]:
+        """``queue_message``, also returning the size stored (the Received
+        header counted, as Exim counts it)."""
         if self._committer is None:
             raise RuntimeError("the server is not running")
         assert envelope.mail_from is not None
@@ -218,14 +232,14 @@ class Server:
             "session": session.id,
         }
         file = envelope.content_file
-        await self._committer.store(
+        size = await self._committer.store(
             envelope.mail_from, envelope.recipients,
             b"" if file is not None else envelope.content or b"",
             mail_params=envelope.mail_params, raw_mail_params=envelope.raw_mail_params,
             client=client, queue_id=qid, header=header, content_file=file,
         )  # fmt: skip
         self.messages_accepted += 1
-        return qid
+        return qid, size
 
     def open_queue(self) -> Queue:
         return Queue(self.config.spool_path, inline_max=self.config.spool_inline_max)

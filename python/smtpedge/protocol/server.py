@@ -43,6 +43,11 @@ _BARE_ERROR = SMTPError(
     550, "5.5.2", "Message contains a bare CR or LF (line endings must be CRLF)"
 )
 _HELP = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"
+# next_event stops reading commands once this many replies wait in the output,
+# so a client that pipelines without reading meets backpressure, not a buffer
+# that grows with its input.
+_OUT_BATCH = 256
+_PROXY_V1 = b"PROXY "
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,7 @@ class ServerConnection:
         "_buf",
         "_data_parts",
         "_errors",
+        "_excess",
         "_out",
         "_pending",
         "_scanner",
@@ -133,6 +139,7 @@ class ServerConnection:
         "in_transaction",
         "limits",
         "offer",
+        "progress",
         "recipients",
         "state",
         "tls_active",
@@ -151,6 +158,8 @@ class ServerConnection:
         self._out: list[bytes] = []
         self._pending: ev.Event | None = None
         self._errors = 0
+        self._excess = 0
+        self.progress = 0
         self._unknown = 0
         self._skip_line = False
         self._started = False
@@ -180,6 +189,13 @@ class ServerConnection:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def output_pending(self) -> bool:
+        """True when replies wait in ``data_to_send``. ``next_event`` returns
+        None while a batch of them is waiting, even with complete commands
+        buffered: send them, then call it again."""
+        return bool(self._out)
 
     def receive_data(self, data: bytes) -> None:
         if self.state != CLOSED:
@@ -271,16 +287,25 @@ class ServerConnection:
         return ok
 
     def next_event(self) -> ev.Event | None:
-        """The next event, or None when more input (or a ``respond``) is needed."""
+        """The next event, or None when more input (or a ``respond``) is
+        needed, or when a batch of replies waits to be sent (``output_pending``).
+
+        ``progress`` counts complete lines read (commands and message data),
+        so the adapter can time out a line that never completes however many
+        bytes of it trickle in."""
         while self._pending is None:
             state = self.state
             if state == COMMAND:
                 if self._skip_line and not self._skip_long_line():
                     return None
                 if not self._started and self._buf:
+                    if self._maybe_proxy():
+                        return None  # too few bytes yet to tell
                     unexpected = self._unexpected_proxy()
                     if unexpected is not None:
                         return unexpected
+                if len(self._out) >= _OUT_BATCH:
+                    return None
                 nl = self._buf.find(b"\n")
                 if nl < 0:
                     if len(self._buf) > self.limits.max_line:
@@ -293,6 +318,7 @@ class ServerConnection:
                     return None
                 line = bytes(self._buf[: nl + 1])
                 del self._buf[: nl + 1]
+                self.progress += 1
                 event = self._command(line)
                 if event is not None:
                     return event
@@ -387,13 +413,24 @@ class ServerConnection:
 
     # -- PROXY ------------------------------------------------------------------
 
+    def _maybe_proxy(self) -> bool:
+        """True while the first bytes could still begin a PROXY header (they
+        may arrive split across packets: ``PRO``, then ``XY TCP4 ...``). The
+        v2 signature begins with blank lines, which a client may send on their
+        own: only its NUL (the fifth byte) on tells it apart."""
+        buf = self._buf
+        n = len(buf)
+        return (n < len(_PROXY_V1) and _PROXY_V1.startswith(buf)) or (
+            5 <= n < len(proxy.V2_SIGNATURE) and proxy.V2_SIGNATURE.startswith(buf)
+        )
+
     def _unexpected_proxy(self) -> ev.Event | None:
         """A PROXY header from a host that is not a proxy (not in hosts_proxy)
         is refused outright rather than read as commands, so a proxy missing
         from the list shows up as such in the log. Checked on the first bytes
         of the session only."""
         buf = self._buf
-        if buf.startswith(proxy.V2_SIGNATURE) or buf.startswith(b"PROXY "):
+        if buf.startswith(proxy.V2_SIGNATURE) or buf.startswith(_PROXY_V1):
             self._send(_reply(554, "5.7.0", "PROXY protocol header not accepted from this host"))
             self._close()
             return ev.ProxyRejected("PROXY header from a host not in hosts_proxy", 0, True)
@@ -495,8 +532,16 @@ class ServerConnection:
                 SMTPError(553, "5.6.7", "Non-ASCII address needs MAIL ... SMTPUTF8"), line
             )
         if self.recipients >= self.limits.max_recipients:
-            self._out.append(SMTPError(452, "4.5.3", "Too many recipients").reply)
-            return ev.ProtocolViolation(SMTPError(452, "4.5.3", "Too many recipients"), line)
+            # RFC 5321 4.5.3.1.10: 452 for the excess, which the client sends
+            # again in a later transaction. A client that keeps going past as
+            # many again (Postfix's smtpd_recipient_overshoot_limit) is abusive:
+            # each further one counts as an error, so the session ends soon.
+            self._excess += 1
+            error = SMTPError(452, "4.5.3", "Too many recipients")
+            if self._excess > self.limits.max_recipients:
+                return self._violation(error, line)
+            self._out.append(error.reply)
+            return ev.ProtocolViolation(error, line)
         offered = self.offer.params if self.esmtp else Offered(0, False, False, False)
         try:
             params = parse_rcpt_params(cmd.params, offered)
@@ -526,6 +571,8 @@ class ServerConnection:
             return None
         chunk = bytes(self._buf)
         self._buf.clear()
+        if b"\n" in chunk:
+            self.progress += 1
         part = scanner.feed(chunk)
         if part:
             self._data_parts.append(part)
@@ -566,6 +613,8 @@ class ServerConnection:
         buf = self._buf
         take = min(self._bdat_left, len(buf))
         if take:
+            if take >= 65536 or buf.find(b"\n", 0, take) >= 0:
+                self.progress += 1  # a line, or a good piece of binary data
             if self._bdat_error is None and self._bdat_failed is None:
                 self._bdat_piece(bytes(buf[:take]))
             del buf[:take]
