@@ -134,7 +134,7 @@ def test_a_line_that_trickles_in_is_timed_out(tmp_path: Path, stage: str) -> Non
         out, took = _trickle(c.sock, b"NOOP NOOP NOOP" if stage == "command" else b"xxxx", 0.2, 60)
         print(f"\n{stage} line trickled a byte per 0.2s: {out!r} after {took:.1f}s")
         assert out.startswith(b"421 4.4.2"), out
-        assert took >= 2.0, "not before the timeout"
+        assert took > 1.0, "not before the timeout (its clock started at the last whole line)"
         assert c.closed_without_data(30)
         log = srv.wait_log(f"SMTP {stage} timeout for")
         assert re.search(rf"SMTP {stage} timeout for \[127\.0\.0\.1\]:\d+ after 2\.0s", log)

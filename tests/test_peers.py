@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from serverutil import ServeProcess, free_port, peer, swaks, wait_port
+from serverutil import ServeProcess, free_port, peer, swaks, wait_for, wait_port
 from smtpedge.queue import Queue
 
 
@@ -101,9 +100,11 @@ def test_swaks_without_proxy_header_is_closed_without_banner(spool: Path) -> Non
     with ServeProcess(spool, hosts_proxy=["127.0.0.1"], proxy_protocol_timeout="1s") as srv:
         out = swaks(srv.port, "--to", "b@example.net", expect=6)  # no banner: swaks times out
         assert "220" not in out
-        time.sleep(0.2)
-        assert "PROXY header refused from proxy [127.0.0.1]" in srv.log or (
-            "PROXY header timeout from proxy [127.0.0.1]" in srv.log
+        assert wait_for(
+            lambda: (
+                "PROXY header refused from proxy [127.0.0.1]" in srv.log
+                or ("PROXY header timeout from proxy [127.0.0.1]" in srv.log)
+            )
         )
 
 
@@ -152,8 +153,7 @@ def test_haproxy_send_proxy_v1_and_v2(spool: Path, haproxy: tuple[int, int, int]
               "--local-interface", "127.0.0.5")  # fmt: skip
         swaks(v2, "--from", "two@example.org", "--to", "b@example.net",
               "--local-interface", "127.0.0.6")  # fmt: skip
-        time.sleep(0.2)
-        log = srv.log
+        log = srv.wait_log(" <= <", 2)
     q = queued(spool)
     by_sender = {m.sender: m for m in q.messages()}
     for sender, ip in (("one@example.org", "127.0.0.5"), ("two@example.org", "127.0.0.6")):

