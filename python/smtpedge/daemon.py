@@ -210,13 +210,13 @@ def _run(config: Config, handler: Any) -> int:
         f", {orphans} half-written spool file(s) removed" if orphans else "",
     )  # fmt: skip
     if config.workers == 1:
-        _serve_worker(config, socks, handler, ready=lambda: _log_ready(config, 1))
+        _serve_worker(config, socks, handler, ready=lambda: _log_ready(1))
         logger.info("smtpedge stopped")
         return 0
     return _supervise(config, socks, handler)
 
 
-def _log_ready(config: Config, workers: int) -> None:
+def _log_ready(workers: int) -> None:
     logger.info("smtpedge ready: %d worker(s) accepting connections", workers)
 
 
@@ -307,7 +307,7 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             os.read(wake_r, 1024)
         if not announced and children and set(children) <= ready:
             announced = True  # again after each restart, once the new worker listens
-            _log_ready(config, len(children))
+            _log_ready(len(children))
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)

@@ -234,14 +234,16 @@ class _RequestHandler(web_protocol.RequestHandler):
     sending side in the middle of a body still gets an answer (the body ends
     there: 400) instead of a dropped connection."""
 
-    bodies: set[StreamReader]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bodies: set[StreamReader] = set()  # request bodies being read
+        self.eof_seen = False
 
     def eof_received(self) -> bool:  # type: ignore[override]  # True keeps it open
-        bodies = getattr(self, "bodies", None)
-        if not bodies:
+        if not self.bodies:
             return False  # nothing is being read: close, as aiohttp does
         self.eof_seen = True
-        for body in bodies:
+        for body in self.bodies:
             body.feed_eof()
         return True  # keep the sending side open for the reply
 
@@ -254,7 +256,7 @@ class _Refused(Exception):
 class _Server(web.Server):
     def __call__(self) -> web_protocol.RequestHandler:
         loop = asyncio.get_running_loop()
-        return _RequestHandler(self, loop=loop, access_log=None)  # type: ignore[arg-type]
+        return _RequestHandler(self, loop=loop, access_log=None)
 
 
 def make_server(responder: Responder, *, max_request: int = MAX_REQUEST,
@@ -301,9 +303,9 @@ def make_server(responder: Responder, *, max_request: int = MAX_REQUEST,
             max_size=max_request, actual_size=len(body)), "body too large")  # fmt: skip
 
     async def post(request: web.BaseRequest) -> web.Response:
-        bodies = getattr(request.protocol, "bodies", None)
-        if bodies is None:
-            bodies = request.protocol.bodies = set()  # type: ignore[attr-defined]
+        handler = request.protocol
+        assert isinstance(handler, _RequestHandler)
+        bodies = handler.bodies
         bodies.add(request.content)
         try:
             body = await asyncio.wait_for(read_body(request), read_timeout)
@@ -339,7 +341,8 @@ def make_server(responder: Responder, *, max_request: int = MAX_REQUEST,
                              "method not allowed")  # fmt: skip
         except _Refused as refused:
             response = refused.response
-        if getattr(request.protocol, "eof_seen", False):
+        handler = request.protocol
+        if isinstance(handler, _RequestHandler) and handler.eof_seen:
             response.force_close()  # the client has stopped sending: nothing more to read
         return response
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpedge import __version__
 from smtpedge.config import Config
@@ -30,6 +30,9 @@ from smtpedge.queue import GroupCommitter, Queue, new_queue_id
 from smtpedge.received import protocol_name, received_header
 from smtpedge.session import Envelope, Session
 from smtpedge.tls.server import CertificatePair, ServerTLS, make_self_signed
+
+if TYPE_CHECKING:
+    from smtpedge.daemon import DataDirectoryLock
 
 __all__ = ["Server"]
 
@@ -84,7 +87,7 @@ class Server:
         self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
         self._offers: dict[tuple[str, str | None], Offer] = {}
         self.tls: ServerTLS | None = None
-        self._lock: Any = None
+        self._lock: DataDirectoryLock | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
