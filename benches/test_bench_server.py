@@ -80,7 +80,7 @@ def smtpedge(tmp: Path, **options: Any) -> Proc:
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in options.items()]
     cfg = tmp / "bench.toml"
     cfg.write_text("\n".join(lines) + "\n")
-    return Proc([sys.executable, "-m", "smtpedge.cli", "serve", "--config", str(cfg)], port)
+    return Proc([sys.executable, "-m", "smtpedge", "serve", "--config", str(cfg)], port)
 
 
 def aiosmtpd(tmp: Path, mode: str) -> Proc:

@@ -39,7 +39,7 @@ def main(directory: str, port: int, out: str) -> None:
         time.sleep(0.05)
 
     def fetch(*args: str) -> dict[str, object]:
-        done = subprocess.run([sys.executable, "-m", "smtpedge.cli", "ocsp", "fetch", *args],
+        done = subprocess.run([sys.executable, "-m", "smtpedge", "ocsp", "fetch", *args],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         return {"rc": done.returncode, "stderr": done.stderr, "stdout": done.stdout,
                 "file": Path(out).read_bytes().hex() if Path(out).exists() else None}  # fmt: skip

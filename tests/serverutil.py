@@ -17,7 +17,7 @@ import pytest
 
 from smtpedge.config import Config
 from smtpedge.queue import Queue
-from smtpedge.server import Server
+from smtpedge.receiving.server import Server
 
 
 class RunningServer:

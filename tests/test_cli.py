@@ -41,7 +41,7 @@ def test_info_names_the_backend() -> None:
 
 def test_closed_pipe_is_not_a_crash() -> None:
     p = subprocess.Popen(
-        [sys.executable, "-m", "smtpedge.cli", "demo"],
+        [sys.executable, "-m", "smtpedge", "demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -89,7 +89,7 @@ def test_queue_without_a_data_directory_says_so(tmp_path: Path) -> None:
 
 def test_queue_options_go_before_or_after_the_sub_command(tmp_path: Path) -> None:
     from smtpedge.queue import Queue
-    from smtpedge.session import Recipient
+    from smtpedge.receiving.session import Recipient
 
     data = tmp_path / "data"
     qid = Queue(data).add("a@example.org", [Recipient("b@example.net")], b"Subject: x\r\n\r\n")

@@ -25,7 +25,7 @@ import pytest
 
 from serverutil import Client, ServeProcess, wait_for
 from smtpedge.queue import Queue, incoming_directory
-from smtpedge.session import Recipient
+from smtpedge.receiving.session import Recipient
 
 
 def rss_kib(pid: int) -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpedge.config import OPTIONS, Config, ConfigError, parse_size
+from smtpedge.config import OPTIONS, Config, ConfigError, RateLimit, parse_duration, parse_size
 from smtpedge.hostlist import HostList, HostListError, split_list
-from smtpedge.limits import ConnectionLimits, RateLimit, RateLimiter, parse_duration
+from smtpedge.receiving.limits import ConnectionLimits, RateLimiter
 
 DOCS = Path(__file__).parent.parent / "docs"
 

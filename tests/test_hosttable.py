@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from smtpedge.hosttable import LocalHostTable, SharedHostTable
-from smtpedge.limits import ConnectionLimits, RateLimit
+from smtpedge.config import RateLimit
+from smtpedge.receiving.hosttable import LocalHostTable, SharedHostTable
+from smtpedge.receiving.limits import ConnectionLimits
 
 
 @pytest.mark.parametrize("make", [LocalHostTable, SharedHostTable])

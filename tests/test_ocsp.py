@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp as x509_ocsp
 
 from pki import NOW, Issued, issue, make_ca, response
-from smtpedge import ocsp
+from smtpedge.tls import ocsp
 
 
 @pytest.fixture(scope="module", params=["rsa", "ec"])

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from pki import Issued, issue, make_ca
 from serverutil import free_port, peer, wait_for
-from smtpedge import ocsp
-from smtpedge.ocsp_responder import Responder, parse_index
+from smtpedge.tls import ocsp
+from smtpedge.tls.ocsp_responder import Responder, parse_index
 
 
 def index_line(status: str, cert: Any, revoked: str = "") -> str:
@@ -179,7 +179,7 @@ def test_responder_reads_a_body_in_several_segments(pki: dict[str, Any], respond
 
 
 def test_responder_short_and_stalled_bodies(pki: dict[str, Any], tmp_path: Path) -> None:
-    from smtpedge.ocsp_responder import make_server
+    from smtpedge.tls.ocsp_responder import make_server
 
     req = ocsp.build_request(pki["good"].cert, pki["ca"].cert)
     r = Responder(pki["ca"].cert, pki["ca"].cert, pki["ca"].key, pki["index"])

@@ -34,7 +34,7 @@ def test_serve_with_no_arguments_uses_the_embedded_default(tmp_path: Path) -> No
     log = (data / "log" / "main.log").read_text()
     assert "listening on [127.0.0.1]:2525" in log and "<= <a@example.org>" in log
     assert b"<= <a@example.org>" in err, "log lines go to stderr too"
-    listing = subprocess.run([sys.executable, "-m", "smtpedge.cli", "queue", "list"],
+    listing = subprocess.run([sys.executable, "-m", "smtpedge", "queue", "list"],
                              cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
     assert "<b@example.net>" in listing.stdout
 

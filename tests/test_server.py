@@ -15,9 +15,9 @@ import pytest
 import smtpedge
 from serverutil import Client, RunningServer, wait_for
 from smtpedge import proxy
-from smtpedge.handlers import HandlerError
-from smtpedge.server import Server
-from smtpedge.session import Envelope, Session
+from smtpedge.receiving.handlers import HandlerError
+from smtpedge.receiving.server import Server
+from smtpedge.receiving.session import Envelope, Session
 
 PROXY_V2 = proxy.build_header(2, "PROXY", ("192.0.2.7", 40000), ("198.51.100.1", 25))
 

@@ -13,8 +13,8 @@ from smtpedge._backend import impl as _impl
 
 if TYPE_CHECKING:
     from smtpedge.config import Config
-    from smtpedge.server import Server
-    from smtpedge.session import Envelope, Recipient, Session
+    from smtpedge.receiving.server import Server
+    from smtpedge.receiving.session import Envelope, Recipient, Session
 
 BUILD_PROFILE: str = _impl.BUILD_PROFILE
 __version__ = "0.1.0"
@@ -24,11 +24,11 @@ __all__ = [
 ]  # fmt: skip
 
 _LAZY = {
-    "Server": "smtpedge.server",
+    "Server": "smtpedge.receiving.server",
     "Config": "smtpedge.config",
-    "Session": "smtpedge.session",
-    "Envelope": "smtpedge.session",
-    "Recipient": "smtpedge.session",
+    "Session": "smtpedge.receiving.session",
+    "Envelope": "smtpedge.receiving.session",
+    "Recipient": "smtpedge.esmtp",
 }
 
 

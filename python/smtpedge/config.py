@@ -9,6 +9,7 @@ an unknown option or a bad value fails with a message naming the option.
 from __future__ import annotations
 
 import difflib
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from smtpedge.hostlist import HostList, HostListError
-from smtpedge.limits import RateLimit, parse_duration
 
-__all__ = ["Config", "ConfigError", "OPTIONS", "parse_size"]
+__all__ = ["OPTIONS", "Config", "ConfigError", "RateLimit", "parse_duration", "parse_size"]
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,70 @@ def parse_size(value: str | int) -> int:
     if not digits.isdigit():
         raise ValueError(f"bad size {value!r} (use e.g. 50M, 100K or a number of bytes)")
     return int(digits) * _SIZE_UNITS[unit]
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Exim time syntax: ``30s``, ``5m``, ``1h30m``, ``2d``; a bare number is seconds."""
+    if isinstance(text, bool):
+        raise ValueError("a duration must be a number or a string like '5m'")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError("a duration must not be negative")
+        return float(text)
+    s = text.strip().replace(" ", "")
+    if not s:
+        raise ValueError("empty duration")
+    total = 0.0
+    pos = 0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        pos = m.end()
+    if pos != len(s):
+        raise ValueError(f"bad duration {text!r} (use e.g. 30s, 5m, 1h)")
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A parsed ``N / period / per_conn / strict|leaky`` specification."""
+
+    limit: float
+    period: float
+    strict: bool
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        parts = [p.strip() for p in text.split("/")]
+        if len(parts) < 2:
+            raise ValueError(f"bad ratelimit {text!r} (use e.g. '10 / 1m / per_conn / strict')")
+        try:
+            limit = float(parts[0])
+        except ValueError:
+            raise ValueError(f"bad ratelimit count {parts[0]!r}") from None
+        if limit < 0:
+            raise ValueError("the ratelimit count must not be negative")
+        period = parse_duration(parts[1])
+        if period <= 0:
+            raise ValueError("the ratelimit period must be positive")
+        strict = False
+        for opt in parts[2:]:
+            if opt == "strict":
+                strict = True
+            elif opt == "leaky":
+                strict = False
+            elif opt != "per_conn":
+                raise ValueError(f"unsupported ratelimit option {opt!r} (per_conn, strict, leaky)")
+        return cls(limit, period, strict)
+
+    def __str__(self) -> str:
+        mode = "strict" if self.strict else "leaky"
+        return f"{self.limit:g} / {self.period:g}s / per_conn / {mode}"
 
 
 def _hostlist(v: Any) -> HostList:

@@ -18,12 +18,19 @@ RFC 3461 grammar (section 4):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smtpedge import xtext
 from smtpedge.errors import SMTPError, XtextError
 
-__all__ = ["MailParams", "RcptParams", "Offered", "parse_mail_params", "parse_rcpt_params"]
+__all__ = [
+    "MailParams",
+    "Offered",
+    "RcptParams",
+    "Recipient",
+    "parse_mail_params",
+    "parse_rcpt_params",
+]
 
 Params = Sequence[tuple[str, str | None]]
 
@@ -201,3 +208,13 @@ def parse_rcpt_params(params: Params, offered: Offered) -> RcptParams:
         else:
             raise SMTPError(555, "5.5.4", f"{keyword} parameter not supported")
     return RcptParams(notify, orcpt_type, orcpt, orcpt_xtext)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """An accepted recipient with its own DSN parameters (RFC 3461):
+    ``params`` decoded, ``raw_params`` byte-exact as the client sent them."""
+
+    address: str
+    params: RcptParams = field(default_factory=RcptParams)
+    raw_params: tuple[tuple[str, str | None], ...] = ()

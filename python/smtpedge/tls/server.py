@@ -9,7 +9,7 @@ each connection, so a renewed certificate is picked up without a restart.
 
 OCSP stapling follows Exim's own notes on what stapling should be: the proof is
 re-read on every connection that asks for one (so an atomically replaced file
-takes effect at once), and is stapled only when ``smtpedge.ocsp.verify``
+takes effect at once), and is stapled only when ``smtpedge.tls.ocsp.verify``
 accepts it for exactly the certificate being served. Otherwise nothing is
 stapled, and the reason is logged once per change of the file.
 """
@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from smtpedge import ocsp
 from smtpedge.log import logger
+from smtpedge.tls import ocsp
 
 __all__ = ["CertificatePair", "ServerTLS", "TLSConfigError", "make_self_signed"]
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 
 from smtpedge.log import logger
-from smtpedge.ocsp import issuer_key_hash, issuer_name_hash
+from smtpedge.tls.ocsp import issuer_key_hash, issuer_name_hash
 
 __all__ = ["IndexEntry", "Responder", "make_server", "parse_index", "serve"]
 

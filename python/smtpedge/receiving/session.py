@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from smtpedge.esmtp import MailParams, RcptParams
+from smtpedge.esmtp import MailParams, Recipient
 
 if TYPE_CHECKING:
     from smtpedge._pure.proxy import ProxyHeader
     from smtpedge.tls.engine import TLSInfo
 
-__all__ = ["Envelope", "Recipient", "Session"]
+__all__ = ["Envelope", "Recipient", "Session"]  # Recipient: from smtpedge.esmtp
 
 Address = tuple[str, int]
 
@@ -70,16 +70,6 @@ class Session:
     @property
     def proxy_external_port(self) -> int | None:
         return self.proxy_destination[1] if self.proxy_destination else None
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """An accepted recipient with its own DSN parameters (RFC 3461):
-    ``params`` decoded, ``raw_params`` byte-exact as the client sent them."""
-
-    address: str
-    params: RcptParams = field(default_factory=RcptParams)
-    raw_params: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(slots=True)

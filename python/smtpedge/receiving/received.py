@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.utils
 from datetime import UTC, datetime
 
-from smtpedge.session import Envelope, Session
+from smtpedge.receiving.session import Envelope, Session
 
 __all__ = ["protocol_name", "received_header"]
 

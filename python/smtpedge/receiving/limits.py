@@ -18,77 +18,13 @@ count, so the client gets back in as soon as its rate has decayed.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from smtpedge.hosttable import HostTable, LocalHostTable
+from smtpedge.config import RateLimit
+from smtpedge.receiving.hosttable import HostTable, LocalHostTable
 
-__all__ = ["ConnectionLimits", "RateLimit", "RateLimiter", "parse_duration"]
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Exim time syntax: ``30s``, ``5m``, ``1h30m``, ``2d``; a bare number is seconds."""
-    if isinstance(text, bool):
-        raise ValueError("a duration must be a number or a string like '5m'")
-    if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError("a duration must not be negative")
-        return float(text)
-    s = text.strip().replace(" ", "")
-    if not s:
-        raise ValueError("empty duration")
-    total = 0.0
-    pos = 0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2) or "s"]
-        pos = m.end()
-    if pos != len(s):
-        raise ValueError(f"bad duration {text!r} (use e.g. 30s, 5m, 1h)")
-    return total
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    """A parsed ``N / period / per_conn / strict|leaky`` specification."""
-
-    limit: float
-    period: float
-    strict: bool
-
-    @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        parts = [p.strip() for p in text.split("/")]
-        if len(parts) < 2:
-            raise ValueError(f"bad ratelimit {text!r} (use e.g. '10 / 1m / per_conn / strict')")
-        try:
-            limit = float(parts[0])
-        except ValueError:
-            raise ValueError(f"bad ratelimit count {parts[0]!r}") from None
-        if limit < 0:
-            raise ValueError("the ratelimit count must not be negative")
-        period = parse_duration(parts[1])
-        if period <= 0:
-            raise ValueError("the ratelimit period must be positive")
-        strict = False
-        for opt in parts[2:]:
-            if opt == "strict":
-                strict = True
-            elif opt == "leaky":
-                strict = False
-            elif opt != "per_conn":
-                raise ValueError(f"unsupported ratelimit option {opt!r} (per_conn, strict, leaky)")
-        return cls(limit, period, strict)
-
-    def __str__(self) -> str:
-        mode = "strict" if self.strict else "leaky"
-        return f"{self.limit:g} / {self.period:g}s / per_conn / {mode}"
+__all__ = ["ConnectionLimits", "RateLimiter"]
 
 
 class RateLimiter:

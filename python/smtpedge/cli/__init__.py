@@ -1,84 +1,19 @@
-"""The ``smtpedge`` command line (also ``python -m smtpedge``)."""
+"""The ``smtpedge`` command line (also ``python -m smtpedge``): the argument
+parser here, each command in a module of its own (``serve``, ``queue``,
+``ocsp``, ``demo``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from smtpedge import BACKEND, BUILD_PROFILE, __version__, certnames, data, proxy, smtpline, xtext
-from smtpedge.errors import SmtpedgeError
+from smtpedge import BACKEND, BUILD_PROFILE, __version__
 
 if TYPE_CHECKING:
     from smtpedge.config import Config
-
-
-def _demo() -> int:
-    """Walk through the hot paths on sample input, showing what each returns."""
-    out = sys.stdout.write
-    out(f"smtpedge {__version__}, backend {BACKEND} ({BUILD_PROFILE})\n\n")
-
-    header = proxy.build_header(
-        2,
-        "PROXY",
-        ("192.0.2.10", 51234),
-        ("198.51.100.25", 25),
-        tlvs=[(proxy.PP2_TYPE_AUTHORITY, b"mx.example.net"), proxy.ssl_tlv(version="TLSv1.3")],
-        crc32c=True,
-    )
-    parsed = proxy.parse_header(header + b"EHLO client.example\r\n")
-    out("PROXY v2 header with TLVs and CRC32C:\n")
-    out(f"  {len(header)} bytes -> source {parsed.source}, destination {parsed.destination}\n")
-    ssl = parsed.ssl
-    out(f"  authority {parsed.authority!r}, TLS {ssl.version if ssl else None}, ")
-    out(f"crc32c verified {parsed.crc32c}, consumed {parsed.consumed}\n")
-    try:
-        proxy.parse_header(b"PROXY TCP4 192.0.2.1 198.51.100.2 01 25\r\n")
-    except proxy.ProxyProtocolError as exc:
-        out(f"  a bad v1 header is refused: {exc}\n")
-    out("\n")
-
-    cmd = smtpline.parse_command(
-        b"MAIL FROM:<j.doe@example.org> SIZE=1024 RET=HDRS ENVID=Q+2B1\r\n"
-    )
-    out("SMTP command:\n")
-    out(f"  {cmd.verb} path={cmd.path.mailbox if cmd.path else None!r} params={cmd.params}\n")
-    try:
-        smtpline.parse_command(b"RCPT TO:<a..b@example.org>\r\n")
-    except SmtpedgeError as exc:
-        out(f"  a bad address is refused with: {exc}\n")
-    reply = smtpline.parse_reply(b"250-2.1.5 Recipient ok\r\n")
-    out(f"  reply: code {reply.code} status {reply.status} last {reply.last} ")
-    out(f"text {reply.text!r}\n\n")
-
-    out("DATA stream (smuggling payload \\n.\\r\\n does not end the message):\n")
-    scanner = data.DataScanner(max_size=1_000_000)
-    body = scanner.feed(b"Subject: hi\r\n\r\nline\n.\r\nMAIL FROM:<evil@example>\r\n")
-    body += scanner.feed(b"..dot line\r\n.\r\nQUIT\r\n")
-    err = scanner.error
-    out(f"  done {scanner.done}, remainder {scanner.remainder!r}, ")
-    out(f"reply {err.reply.decode().strip() if err else '250 OK'!r}\n")
-    out(f"  dot_stuff(b'.a\\nb') = {data.dot_stuff(b'.a' + bytes([10]) + b'b')!r}\n\n")
-
-    out("xtext (RFC 3461) and utf-8-addr-xtext (RFC 6533):\n")
-    out(f"  encode(b'a+b=c') = {xtext.encode(b'a+b=c')!r}\n")
-    addr = "j\u00f6rg@example"
-    out(f"  encode_utf8_addr({addr!r}) = {xtext.encode_utf8_addr(addr)!r}\n\n")
-
-    out("Certificate names (RFC 6125):\n")
-    for pattern, host in [
-        ("*.example.com", "mx.example.com"),
-        ("*.example.com", "a.mx.example.com"),
-        ("*.com", "example.com"),
-        ("*.b\u00fccher.example", "mx.xn--bcher-kva.example"),
-    ]:
-        out(
-            f"  match_hostname({pattern!r}, {host!r}) = {certnames.match_hostname(pattern, host)}\n"
-        )
-    return 0
 
 
 def _load_config(args: argparse.Namespace) -> Config:
@@ -96,114 +31,6 @@ def _load_config(args: argparse.Namespace) -> Config:
     if getattr(args, "listen", None):
         overrides["local_interfaces"] = [args.listen]
     return Config.from_mapping(overrides, config) if overrides else config
-
-
-def _queue(args: argparse.Namespace, config: Config) -> int:
-    from datetime import datetime
-
-    from smtpedge.queue import Queue
-
-    if not (config.spool_path / "queue.db").exists():
-        where = config.spool_path.resolve()
-        what = "no data directory" if not config.spool_path.is_dir() else "no queue"
-        print(f"smtpedge: {what} at {where} (give the server's with --spool-directory "
-              "or --config)", file=sys.stderr)  # fmt: skip
-        return 1
-    q = Queue(config.spool_path, inline_max=config.spool_inline_max)
-    try:
-        if args.queue_command == "list":
-            n = 0
-            for m in q.messages():
-                n += 1
-                when = datetime.fromtimestamp(m.arrival).strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{m.id} {m.size:>9} {when} <{m.sender}>")
-                for r in m.recipients:
-                    print(f"          <{r.address}>")
-            print(f"{n} message(s) queued" if n else "queue is empty")
-            return 0
-        msg = q.get(args.id)
-        if msg is None:
-            print(f"smtpedge: no message {args.id} in the queue", file=sys.stderr)
-            return 1
-        if args.queue_command == "remove":
-            q.remove(args.id)
-            print(f"{args.id} removed")
-            return 0
-        print(f"id: {msg.id}")
-        print(f"arrival: {datetime.fromtimestamp(msg.arrival).isoformat()}")
-        print(f"sender: <{msg.sender}>")
-        for k, v in msg.raw_mail_params:
-            print(f"mail parameter: {k}" + ("" if v is None else f"={v}"))
-        print(f"client: {json.dumps(msg.client)}")
-        for r in msg.recipients:
-            extra = "".join(f" {k}" + ("" if v is None else f"={v}") for k, v in r.raw_params)
-            print(f"recipient: <{r.address}>{extra}")
-        print(f"size: {msg.size}")
-        print()
-        content = q.content(msg.id) or b""
-        sys.stdout.flush()
-        sys.stdout.buffer.write(content)
-        sys.stdout.flush()
-        return 0
-    finally:
-        q.close()
-
-
-def _ocsp(args: argparse.Namespace) -> int:
-    import asyncio
-    from pathlib import Path
-
-    from smtpedge.log import configure
-
-    configure(None)
-    if args.ocsp_command == "fetch":
-        from smtpedge import ocsp_fetch
-
-        try:
-            cert, issuer = ocsp_fetch.load_chain(
-                Path(args.cert), Path(args.issuer) if args.issuer else None
-            )
-            if args.watch:
-                asyncio.run(ocsp_fetch.watch(cert, issuer, Path(args.out), url=args.url,
-                                             timeout=args.timeout,
-                                             min_interval=args.min_interval))  # fmt: skip
-                return 0
-            job = ocsp_fetch.fetch_to_file(
-                cert, issuer, Path(args.out), url=args.url, timeout=args.timeout
-            )
-            result = asyncio.run(job)
-        except (ocsp_fetch.FetchError, OSError, ValueError) as exc:
-            print(f"smtpedge ocsp fetch: {exc}; {args.out} left as it was", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        print(f"{args.out}: {result.reason}")
-        return 0
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from smtpedge.limits import parse_duration
-    from smtpedge.ocsp_responder import Responder, serve
-
-    try:
-        ca = x509.load_pem_x509_certificate(Path(args.ca).read_bytes())
-        signer = x509.load_pem_x509_certificate(Path(args.signer).read_bytes()) \
-            if args.signer else ca  # fmt: skip
-        key = serialization.load_pem_private_key(Path(args.key).read_bytes(), None)
-        host, _, port = args.listen.rpartition(":")
-        validity = dt.timedelta(seconds=parse_duration(args.validity))
-        responder = Responder(ca, signer, key, Path(args.index), validity=validity)
-        responder._load_index()
-    except (OSError, ValueError) as exc:
-        print(f"smtpedge ocsp serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(responder, host.strip("[]") or "127.0.0.1", int(port)))
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 _DESCRIPTION = """\
@@ -302,9 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "ocsp":
-            return _ocsp(args)
+            from smtpedge.cli import ocsp
+
+            return ocsp.run(args)
         if args.command == "demo":
-            return _demo()
+            from smtpedge.cli import demo
+
+            return demo.run()
         if args.command in ("serve", "config", "queue"):
             try:
                 config = _load_config(args)
@@ -315,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.write(config.to_toml())
                 return 0
             if args.command == "queue":
-                return _queue(args, config)
-            from smtpedge.daemon import run
+                from smtpedge.cli import queue as queue_command
+
+                return queue_command.run(args, config)
+            from smtpedge.cli.serve import run
 
             return run(config)
         print(f"smtpedge {__version__} backend={BACKEND} build={BUILD_PROFILE}")

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpedge.esmtp import MailParams, RcptParams
-from smtpedge.session import Recipient
+from smtpedge.esmtp import MailParams, RcptParams, Recipient
 
-__all__ = ["GroupCommitter", "Queue", "QueuedMessage", "new_queue_id"]
+__all__ = ["GroupCommitter", "Queue", "QueuedMessage", "incoming_directory", "new_queue_id"]
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: sortable, unambiguous
 

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from smtpedge.config import Config
-from smtpedge.connection import describe_error
-from smtpedge.hosttable import HostTable, SharedHostTable
 from smtpedge.log import configure, logger
 from smtpedge.log import flush as flush_log
 from smtpedge.queue import Queue, incoming_directory
+from smtpedge.receiving.connection import describe_error
+from smtpedge.receiving.hosttable import HostTable, SharedHostTable
 
 __all__ = ["DataDirectoryBusy", "DataDirectoryLock", "bind", "run"]
 
@@ -64,7 +64,7 @@ def _check_tls(config: Config) -> None:
     """Load the certificates once before any worker starts (making the
     self-signed pair if none is configured), so a bad pair stops start-up
     with a clear message and workers never race to create files."""
-    from smtpedge.server import server_tls
+    from smtpedge.receiving.server import server_tls
     from smtpedge.tls.server import TLSConfigError
 
     try:
@@ -102,7 +102,7 @@ async def _serve(
     table: HostTable | None,
     ready: Callable[[], None] | None,
 ) -> None:
-    from smtpedge.server import Server
+    from smtpedge.receiving.server import Server
 
     server = Server(handler, config, sockets=socks, host_table=table)
     await server.start()

@@ -15,31 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smtpedge import __version__
 from smtpedge.config import Config
-from smtpedge.connection import Connection, fmt_address, sock_address
-from smtpedge.handlers import check_handler
 from smtpedge.hostlist import HostList
-from smtpedge.hosttable import HostTable
-from smtpedge.limits import ConnectionLimits
 from smtpedge.log import logger
 from smtpedge.protocol.server import Limits, Offer
 from smtpedge.queue import GroupCommitter, Queue, new_queue_id
-from smtpedge.received import protocol_name, received_header
-from smtpedge.session import Envelope, Session
+from smtpedge.receiving.connection import Connection, fmt_address, sock_address
+from smtpedge.receiving.handlers import check_handler
+from smtpedge.receiving.hosttable import HostTable
+from smtpedge.receiving.limits import ConnectionLimits
+from smtpedge.receiving.received import protocol_name, received_header
+from smtpedge.receiving.session import Envelope, Session
 from smtpedge.tls.server import CertificatePair, ServerTLS, make_self_signed
 
 if TYPE_CHECKING:
-    from smtpedge.daemon import DataDirectoryLock
+    from smtpedge.cli.serve import DataDirectoryLock
 
 __all__ = ["Server"]
 
 
 class Server:
     """An SMTP server. ``handler`` is an object with optional ``handle_<VERB>``
-    coroutines (see ``smtpedge.handlers``); hooks are checked here, so a
+    coroutines (see ``smtpedge.receiving.handlers``); hooks are checked here, so a
     misspelt hook fails at construction. Worker processes pass one shared
     ``host_table`` so per-client limits count across all of them."""
 
@@ -73,9 +74,9 @@ class Server:
         )
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
-        self._active: set[Connection] = set()
+        self.active: set[Connection] = set()
         self._committer: GroupCommitter | None = None
-        self._needs_name = any(
+        self.needs_name = any(
             isinstance(getattr(cfg, n), HostList) and getattr(cfg, n).needs_name
             for n in (
                 "hosts_proxy", "dsn_advertise_hosts", "pipelining_advertise_hosts",
@@ -112,7 +113,7 @@ class Server:
             # A server on its own (not a worker of smtpedge serve, whose parent
             # did this before forking): lock the directory, then clear what a
             # crash left half-written.
-            from smtpedge.daemon import DataDirectoryLock
+            from smtpedge.cli.serve import DataDirectoryLock
 
             self._lock = DataDirectoryLock(cfg.spool_path)
             q = self.open_queue()
@@ -155,11 +156,11 @@ class Server:
         for srv in self._servers:
             srv.close()
         deadline = asyncio.get_running_loop().time() + grace
-        while self._active and asyncio.get_running_loop().time() < deadline:
-            if all(c.idle for c in self._active):
+        while self.active and asyncio.get_running_loop().time() < deadline:
+            if all(c.idle for c in self.active):
                 break
             await asyncio.sleep(0.05)
-        for conn in list(self._active):
+        for conn in list(self.active):
             conn.shutdown()
         for srv in self._servers:
             with contextlib.suppress(Exception):
@@ -214,10 +215,17 @@ class Server:
     async def queue_message(self, session: Session, envelope: Envelope) -> str:
         """Add a Received header and store the message durably; return its queue ID
         once it is on stable storage."""
-        qid, _ = await self._queue(session, envelope)
+        qid, _ = await self.store_message(session, envelope)
         return qid
 
-    async def _queue(self, session: Session, envelope: Envelope) -> tuple[str, int]:
+    @property
+    def incoming(self) -> Path:
+        """Where connections write big messages as they arrive."""
+        if self._committer is None:
+            raise RuntimeError("the server is not running")
+        return self._committer.incoming
+
+    async def store_message(self, session: Session, envelope: Envelope) -> tuple[str, int]:
         """``queue_message``, also returning the size stored (the Received
         header counted, as Exim counts it)."""
         if self._committer is None:

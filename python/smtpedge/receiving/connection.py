@@ -17,20 +17,23 @@ import os
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from smtpedge.errors import TLSError
 from smtpedge.log import logger
 from smtpedge.protocol import events as ev
 from smtpedge.protocol.server import ServerConnection
-from smtpedge.received import protocol_name
-from smtpedge.session import Envelope, Recipient, Session
+from smtpedge.receiving.received import protocol_name
+from smtpedge.receiving.session import Envelope, Recipient, Session
 from smtpedge.tls.engine import TLSEngine
 
 if TYPE_CHECKING:
-    from smtpedge.server import Server
+    from smtpedge.config import Config
+    from smtpedge.protocol.server import Limits, Offer
+    from smtpedge.receiving.limits import ConnectionLimits
+    from smtpedge.tls.server import ServerTLS
 
-__all__ = ["Connection", "describe_error", "fmt_address", "sock_address"]
+__all__ = ["Connection", "ConnectionHost", "describe_error", "fmt_address", "sock_address"]
 
 _READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
 _SPILL_CHUNK = 256 * 1024  # write big messages out in pieces of about this size
@@ -82,6 +85,33 @@ async def _verified_name(ip: str) -> str | None:
     return None
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that accepted it
+    (``smtpedge.Server`` is one): its configuration and policies, the set of
+    live connections, and the queue."""
+
+    config: Config
+    hostname: str
+    banner: str
+    hooks: dict[str, Any]
+    limits: Limits
+    connections: ConnectionLimits
+    tls: ServerTLS | None
+    active: set[Connection]
+    needs_name: bool  # some host list names clients by their verified DNS name
+
+    def offer_for(self, ip: str, name: str | None) -> Offer: ...
+
+    @property
+    def incoming(self) -> Path:
+        """Where a big message is written as it arrives."""
+        ...
+
+    async def store_message(self, session: Session, envelope: Envelope) -> tuple[str, int]:
+        """Queue the message durably; its queue ID and the size stored."""
+        ...
+
+
 class Connection(asyncio.Protocol):
     """One client connection: feeds the protocol, runs hooks, keeps timers."""
 
@@ -109,7 +139,7 @@ class Connection(asyncio.Protocol):
         "session",
     )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ConnectionHost) -> None:
         self.server = server
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +170,7 @@ class Connection(asyncio.Protocol):
         peer = sock_address(transport.get_extra_info("peername"))
         sock = sock_address(transport.get_extra_info("sockname"))
         self.session = Session(f"{os.getpid():x}.{next(_session_ids)}", peer, sock)
-        srv._active.add(self)
+        srv.active.add(self)
         refusal = srv.connections.open()
         self.counted = refusal is None
         expect_proxy = bool(cfg.hosts_proxy) and cfg.hosts_proxy.match(peer[0])
@@ -201,7 +231,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
-        srv._active.discard(self)
+        srv.active.discard(self)
         if self.counted:
             srv.connections.close()
             self.counted = False
@@ -414,7 +444,7 @@ class Connection(asyncio.Protocol):
         """Admit and greet without waiting, when nothing needs awaiting;
         return False when ``_welcome`` must run as a task."""
         srv = self.server
-        if srv._needs_name or srv.config.smtp_banner_delay > 0:
+        if srv.needs_name or srv.config.smtp_banner_delay > 0:
             return False
         if self._admit():
             self._greet(None)
@@ -426,7 +456,7 @@ class Connection(asyncio.Protocol):
         srv = self.server
         if not self._admit():
             return
-        name = await _verified_name(self.session.peer[0]) if srv._needs_name else None
+        name = await _verified_name(self.session.peer[0]) if srv.needs_name else None
         if srv.config.smtp_banner_delay > 0:
             await asyncio.sleep(srv.config.smtp_banner_delay)
         self._greet(name)
@@ -481,10 +511,8 @@ class Connection(asyncio.Protocol):
             if self._spill is None:
                 if proto.data_pending <= self.server.config.spool_inline_max:
                     return
-                committer = self.server._committer
-                assert committer is not None
                 name = f"{self.session.id}.{self.session.messages}"
-                self._spill_path = committer.incoming / name
+                self._spill_path = self.server.incoming / name
                 self._spill = open(self._spill_path, "wb")
             elif proto.data_pending < _SPILL_CHUNK:
                 return
@@ -691,7 +719,7 @@ class Connection(asyncio.Protocol):
                 self._spill_path = None
                 self._storing = True
                 try:
-                    qid, size = await srv._queue(s, env)
+                    qid, size = await srv.store_message(s, env)
                 except Exception as exc:
                     logger.error("message from %s NOT queued: %s", self._who(),
                                  describe_error(exc))  # fmt: skip

@@ -6,7 +6,7 @@ The responder URL comes from the certificate's Authority Information Access
 (or ``--url``). Small requests go by GET (RFC 5019), larger ones by POST;
 there is a timeout and a cap on the response size. The file is replaced
 (temporary file, fsync, rename, fsync of the directory) only by a proof that
-``smtpedge.ocsp.verify`` accepts; on any failure the old file stays and the
+``smtpedge.tls.ocsp.verify`` accepts; on any failure the old file stays and the
 reason is printed.
 
 Refresh schedule under ``--watch``: halfway through the proof's validity,
@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from smtpedge import ocsp
 from smtpedge.log import logger
+from smtpedge.tls import ocsp
 
 __all__ = ["FetchError", "fetch_once", "next_refresh", "responder_url", "watch", "write_atomic"]
 
