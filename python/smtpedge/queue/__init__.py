@@ -1,6 +1,8 @@
 """The durable queue: what the receiving side has accepted, on stable storage
-(``store``: the SQLite database, spool files and the group committer)."""
+(``store``: the SQLite database, spool files and the group committer), and
+the lock that keeps a second server off the same data directory (``lock``)."""
 
+from smtpedge.queue.lock import DataDirectoryBusy, DataDirectoryLock
 from smtpedge.queue.store import (
     GroupCommitter,
     Queue,
@@ -9,4 +11,12 @@ from smtpedge.queue.store import (
     new_queue_id,
 )
 
-__all__ = ["GroupCommitter", "Queue", "QueuedMessage", "incoming_directory", "new_queue_id"]
+__all__ = [
+    "DataDirectoryBusy",
+    "DataDirectoryLock",
+    "GroupCommitter",
+    "Queue",
+    "QueuedMessage",
+    "incoming_directory",
+    "new_queue_id",
+]

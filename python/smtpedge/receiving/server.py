@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from smtpedge import __version__
 from smtpedge.config import Config
 from smtpedge.hostlist import HostList
 from smtpedge.log import logger
 from smtpedge.protocol.server import Limits, Offer
-from smtpedge.queue import GroupCommitter, Queue, new_queue_id
+from smtpedge.queue import DataDirectoryLock, GroupCommitter, Queue, new_queue_id
 from smtpedge.receiving.connection import Connection, fmt_address, sock_address
 from smtpedge.receiving.handlers import check_handler
 from smtpedge.receiving.hosttable import HostTable
@@ -31,9 +31,6 @@ from smtpedge.receiving.limits import ConnectionLimits
 from smtpedge.receiving.received import protocol_name, received_header
 from smtpedge.receiving.session import Envelope, Session
 from smtpedge.tls.server import CertificatePair, ServerTLS, make_self_signed
-
-if TYPE_CHECKING:
-    from smtpedge.cli.serve import DataDirectoryLock
 
 __all__ = ["Server"]
 
@@ -113,8 +110,6 @@ class Server:
             # A server on its own (not a worker of smtpedge serve, whose parent
             # did this before forking): lock the directory, then clear what a
             # crash left half-written.
-            from smtpedge.cli.serve import DataDirectoryLock
-
             self._lock = DataDirectoryLock(cfg.spool_path)
             q = self.open_queue()
             q.recover()
