@@ -82,7 +82,7 @@ def test_swaks_dsn_parameters_without_the_offer_get_555(spool: Path) -> None:
 
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_swaks_proxy_protocol(spool: Path, version: str) -> None:
-    with ServeProcess(spool, hosts_proxy=["127.0.0.1"]) as srv:
+    with ServeProcess(spool, hosts_proxy=["127.0.0.1"], local_domains=["example.net"]) as srv:
         family = "TCP4" if version == "1" else "AF_INET"
         out = swaks(srv.port, "--from", "a@example.org", "--to", "b@example.net",
                     "--proxy-version", version, "--proxy-family", family,

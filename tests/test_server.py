@@ -126,7 +126,10 @@ class RecordingHandler:
 
 def test_hooks_shape_the_session(spool: Path) -> None:
     handler = RecordingHandler()
-    with RunningServer(spool, handler, hosts_proxy=["127.0.0.1"]) as srv:
+    # The proxied client is outside: its recipients are in a local domain.
+    with RunningServer(
+        spool, handler, hosts_proxy=["127.0.0.1"], local_domains="example.net"
+    ) as srv:
         c = Client(srv.port)
         c.send(PROXY_V2)
         assert c.reply().startswith("220 ")
@@ -155,7 +158,7 @@ def test_proxy_address_is_used_in_received_header_and_log(
     spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="smtpedge")
-    with RunningServer(spool, hosts_proxy="127.0.0.0/8") as srv:
+    with RunningServer(spool, hosts_proxy="127.0.0.0/8", local_domains="example.net") as srv:
         c = Client(srv.port, source="127.0.0.3")
         c.send(proxy.build_header(1, "PROXY", ("203.0.113.9", 5555), ("127.0.0.1", 25)))
         c.reply()

@@ -85,7 +85,8 @@ def test_proxied_address_survives_starttls(tmp_path: Path) -> None:
             seen.append((session.peer, session.proxy_local_address, session.tls,
                          session.tls_in_ocsp))  # fmt: skip
 
-    with RunningServer(tmp_path / "spool", Handler(), hosts_proxy=["127.0.0.1"]) as srv:
+    with RunningServer(tmp_path / "spool", Handler(), hosts_proxy=["127.0.0.1"],
+                       local_domains="c.example") as srv:  # fmt: skip
         c = Client(srv.port)
         c.send(proxy.build_header(2, "PROXY", ("203.0.113.50", 6000), ("127.0.0.1", 25)))
         c.reply()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from smtpedge.domainlist import DomainList, DomainListError
 from smtpedge.hostlist import HostList, HostListError
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "RateLimit", "parse_duration", "parse_size"]
@@ -126,6 +127,14 @@ def _hostlist(v: Any) -> HostList:
     if isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
         return HostList(v)
     raise ValueError("a host list must be a string or an array of strings")
+
+
+def _domainlist(v: Any) -> DomainList:
+    if isinstance(v, DomainList):
+        return v
+    if isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+        return DomainList(v)
+    raise ValueError("a domain list must be a string or an array of strings")
 
 
 def _address_hostlist(v: Any) -> HostList:
@@ -350,6 +359,26 @@ class Config:
         HostList("*"), _hostlist, "Clients offered SMTPUTF8.", '["*"]'
     )
     accept_8bitmime: bool = _opt(True, _bool, "Offer 8BITMIME.")
+    local_domains: DomainList = _opt(
+        DomainList(["@", "localhost"]),
+        _domainlist,
+        "Domains this server delivers to itself ('@' is primary_hostname). Mail for them is "
+        "accepted from anyone.",
+        '["@", "localhost"]',
+    )
+    relay_to_domains: DomainList = _opt(
+        DomainList(),
+        _domainlist,
+        "Other domains whose mail is accepted from anyone, to pass on (a backup MX, say).",
+        "[]",
+    )
+    relay_from_hosts: HostList = _opt(
+        HostList(["localhost"]),
+        _hostlist,
+        "Clients that may send mail to any domain (localhost: the loopback addresses). "
+        "Anyone else gets 550 5.7.1 for a domain in neither list above.",
+        '["localhost"]',
+    )
     vrfy_hosts: HostList = _opt(
         HostList(),
         _hostlist,
@@ -429,7 +458,7 @@ class Config:
                 continue
             try:
                 converted[key] = f.metadata["conv"](raw)
-            except (ValueError, HostListError) as exc:
+            except (ValueError, HostListError, DomainListError) as exc:
                 errors.append((key, str(exc)))
         if not errors:
             config = replace(base or cls(), **converted)
@@ -479,7 +508,7 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    if isinstance(v, HostList):
+    if isinstance(v, HostList | DomainList):
         return "[" + ", ".join(_toml_value(i) for i in v.source) + "]"
     if isinstance(v, tuple):
         return "[" + ", ".join(_toml_value(i) for i in v) + "]"

@@ -24,6 +24,7 @@ from smtpedge.log import logger
 from smtpedge.protocol import events as ev
 from smtpedge.protocol.server import ServerConnection
 from smtpedge.receiving.received import protocol_name
+from smtpedge.receiving.relay import RELAY_DENIED
 from smtpedge.receiving.session import Envelope, Recipient, Session
 from smtpedge.tls.engine import TLSEngine
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from smtpedge.config import Config
     from smtpedge.protocol.server import Limits, Offer
     from smtpedge.receiving.limits import ConnectionLimits
+    from smtpedge.receiving.relay import RelayPolicy
     from smtpedge.tls.server import ServerTLS
 
 __all__ = ["Connection", "ConnectionHost", "describe_error", "fmt_address", "sock_address"]
@@ -95,6 +97,7 @@ class ConnectionHost(Protocol):
     banner: str
     hooks: dict[str, Any]
     limits: Limits
+    relay: RelayPolicy
     connections: ConnectionLimits
     tls: ServerTLS | None
     active: set[Connection]
@@ -457,6 +460,7 @@ class Connection(asyncio.Protocol):
         if not self._admit():
             return
         name = await _verified_name(self.session.peer[0]) if srv.needs_name else None
+        self.session.sender_host_name = name
         if srv.config.smtp_banner_delay > 0:
             await asyncio.sleep(srv.config.smtp_banner_delay)
         self._greet(name)
@@ -610,6 +614,13 @@ class Connection(asyncio.Protocol):
                 self._start_tls()
             return True
         if isinstance(event, ev.RcptTo):
+            if not self.server.relay.permits(
+                event.path.domain, self.session.peer[0], self.session.sender_host_name
+            ):
+                self._refused("H=%s F=<%s> rejected RCPT <%s>: relay not permitted", self._who(),
+                              self.envelope.mail_from, event.path.mailbox)  # fmt: skip
+                self.proto.respond(RELAY_DENIED)
+                return True
             if "RCPT" in hooks:
                 return False
             if self.proto.respond("250 2.1.5 Recipient OK"):

@@ -29,6 +29,7 @@ from smtpedge.receiving.handlers import check_handler
 from smtpedge.receiving.hosttable import HostTable
 from smtpedge.receiving.limits import ConnectionLimits
 from smtpedge.receiving.received import protocol_name, received_header
+from smtpedge.receiving.relay import RelayPolicy
 from smtpedge.receiving.session import Envelope, Session
 from smtpedge.tls.server import CertificatePair, ServerTLS, make_self_signed
 
@@ -69,6 +70,7 @@ class Server:
             cfg.smtp_connect_ratelimit,
             host_table,
         )
+        self.relay = RelayPolicy(cfg)
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self.active: set[Connection] = set()
@@ -78,7 +80,7 @@ class Server:
             for n in (
                 "hosts_proxy", "dsn_advertise_hosts", "pipelining_advertise_hosts",
                 "chunking_advertise_hosts", "smtputf8_advertise_hosts", "vrfy_hosts",
-                "tls_advertise_hosts", "tls_required_hosts",
+                "tls_advertise_hosts", "tls_required_hosts", "relay_from_hosts",
             )
         )  # fmt: skip
         self.messages_accepted = 0

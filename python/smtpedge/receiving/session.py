@@ -34,6 +34,7 @@ class Session:
     proxy_peer: Address | None = None
     proxy_destination: Address | None = None
     host_name: str | None = None
+    sender_host_name: str | None = None  # the verified reverse name, when a host list needed it
     extended_smtp: bool = False
     tls: TLSInfo | None = None
     messages: int = 0

@@ -1,0 +1,63 @@
+"""Relay control: which recipients a client may give, so that smtpedge is
+never an open relay.
+
+The rule is Exim's default ``acl_check_rcpt``: a recipient in
+``local_domains`` or ``relay_to_domains`` is taken from anyone; any other
+domain only from a client in ``relay_from_hosts`` (the real client, behind a
+proxy). Everyone else gets ``550 5.7.1 Relaying not permitted``.
+
+Only the domain decides, after the address parser has done its work: a source
+route (``<@a,@b:user@c>``) is reduced to ``user@c`` (RFC 5321 section 4.1.1.3
+lets a server ignore it), a quoted local part or one holding ``%`` or ``!``
+stays a local part of the domain after the last ``@`` and is never read as a
+route (no percent hack). ``<Postmaster>`` without a domain is always taken
+(RFC 5321 section 4.5.1).
+"""
+
+from __future__ import annotations
+
+from smtpedge.config import Config
+from smtpedge.domainlist import normalize_domain
+
+__all__ = ["RELAY_DENIED", "RelayPolicy"]
+
+RELAY_DENIED = "550 5.7.1 Relaying not permitted"
+
+
+class RelayPolicy:
+    """The three lists of a configuration, with the per-client answer of
+    ``relay_from_hosts`` cached (it may need the client's verified name)."""
+
+    def __init__(self, config: Config) -> None:
+        self.local_domains = config.local_domains
+        self.relay_to_domains = config.relay_to_domains
+        self.relay_from_hosts = config.relay_from_hosts
+        self.primary_hostname = config.hostname
+        self.own_addresses = tuple(config.local_interfaces)
+        self._from: dict[tuple[str, str | None], bool] = {}
+
+    def is_local(self, domain: str) -> bool:
+        """Is this a domain we deliver to ourselves? (An address with no
+        domain, ``<Postmaster>``, is local.)"""
+        if not domain:
+            return True
+        return self.local_domains.match(domain, self.primary_hostname, self.own_addresses)
+
+    def may_relay_from(self, ip: str, name: str | None = None) -> bool:
+        key = (ip, name)
+        allowed = self._from.get(key)
+        if allowed is None:
+            if len(self._from) > 10_000:
+                self._from.clear()
+            allowed = self._from[key] = self.relay_from_hosts.match(ip, hostname=name)
+        return allowed
+
+    def permits(self, domain: str, ip: str, name: str | None = None) -> bool:
+        """May this client give a recipient in ``domain``?"""
+        if normalize_domain(domain) is None and domain:
+            return self.may_relay_from(ip, name)  # not a domain we could hold
+        if self.is_local(domain):
+            return True
+        if self.relay_to_domains.match(domain, self.primary_hostname, self.own_addresses):
+            return True
+        return self.may_relay_from(ip, name)
