@@ -39,6 +39,8 @@ def test_replies_whole_in_any_chunking(step: int | None) -> None:
     assert got[1].lines == ("mx.test Hello", "PIPELINING", "SIZE 1000", "DSN")
     assert got[2].status == "5.1.1" and got[2].lines == ("no such user", "try again")
     assert str(got[2]) == "550 5.1.1 no such user / try again"
+    assert got[2].wire_lines() == ("550-5.1.1 no such user", "550 5.1.1 try again")
+    assert got[0].wire_lines() == ("220 mx.test ESMTP",)
     ext = Extensions.from_ehlo(got[1])
     assert "pipelining" in ext and "DSN" in ext and ext.size_limit == 1000
     assert "CHUNKING" not in ext

@@ -24,3 +24,27 @@ def test_server_md_examples(index: int, tmp_path: Path, capsys: pytest.CaptureFi
         assert "from ('127.0.0.1'," in out
     else:
         assert "250-mx.example Hello client.example" in out
+
+
+def test_dsn_md_example(capsys: pytest.CaptureFixture[str]) -> None:
+    [code] = _blocks("dsn.md")
+    exec(compile(code, "docs/dsn.md", "exec"), {"__name__": "__docs__"})
+    assert capsys.readouterr().out == "5.1.1\n"
+
+
+def test_client_md_example_compiles() -> None:
+    """The client example needs a real MX to talk to; it must at least be
+    valid Python that names only what exists."""
+    import ast
+
+    import smtpedge.esmtp
+    import smtpedge.sending
+
+    [code] = _blocks("client.md")
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("smtpedge.sending",
+                                                                "smtpedge.esmtp"):  # fmt: skip
+            module = smtpedge.sending if node.module == "smtpedge.sending" else smtpedge.esmtp
+            for alias in node.names:
+                assert hasattr(module, alias.name), alias.name

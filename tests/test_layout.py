@@ -13,7 +13,7 @@ PACKAGE = Path(smtpedge.__file__).parent
 
 # Each role folder, with its level; top-level modules not named are foundations
 # (level 0: hot paths, errors, esmtp, config, hostlist, log).
-ROLES = {"protocol": 1, "tls": 1, "queue": 1, "receiving": 2, "sending": 2, "cli": 3}
+ROLES = {"protocol": 1, "tls": 1, "queue": 1, "dsn": 1, "receiving": 2, "sending": 2, "cli": 3}
 
 
 def _role(module: str) -> str | None:

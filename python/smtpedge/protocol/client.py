@@ -60,6 +60,16 @@ class Response:
     def permanent(self) -> bool:
         return self.code >= 500
 
+    def wire_lines(self) -> tuple[str, ...]:
+        """The reply's lines as the server sent them (``550-5.1.1 first``,
+        ``550 5.1.1 last``): what a DSN's Diagnostic-Code carries."""
+        last = len(self.lines) - 1
+        out = []
+        for i, line in enumerate(self.lines):
+            text = f"{self.status} {line}" if self.status else line
+            out.append(f"{self.code}{'-' if i < last else ' '}{text}".rstrip())
+        return tuple(out)
+
     def __str__(self) -> str:
         """The reply as one line: ``550 5.1.1 first line / second line``."""
         status = f" {self.status}" if self.status else ""
