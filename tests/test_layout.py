@@ -13,7 +13,8 @@ PACKAGE = Path(smtpedge.__file__).parent
 
 # Each role folder, with its level; top-level modules not named are foundations
 # (level 0: hot paths, errors, esmtp, config, hostlist, log).
-ROLES = {"protocol": 1, "tls": 1, "queue": 1, "dsn": 1, "receiving": 2, "sending": 2, "cli": 3}
+ROLES = {"protocol": 1, "tls": 1, "queue": 1, "dsn": 1, "receiving": 2, "sending": 2,
+         "delivery": 3, "cli": 4}  # fmt: skip
 
 
 def _role(module: str) -> str | None:
@@ -28,7 +29,7 @@ def _level(module: str) -> int:
     if role is not None:
         return ROLES[role]
     if module in ("smtpedge", "smtpedge.__main__"):
-        return 4  # the package's front door re-exports from every layer, lazily
+        return 5  # the package's front door re-exports from every layer, lazily
     return 0
 
 

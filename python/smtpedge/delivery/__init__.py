@@ -1,0 +1,2 @@
+"""Routing and delivery: retry rules (``retry``) and the local maildir
+transport (``maildir``), the pieces the queue runner is built from."""
