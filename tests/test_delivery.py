@@ -154,3 +154,70 @@ def test_a_full_disk_is_a_temporary_failure(tmp_path: Path) -> None:
         assert not list((mount / "box" / "new").iterdir())
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+# -- alias files ------------------------------------------------------------------------
+
+ALIASES = """\
+# the usual ones
+postmaster:   root
+root:         alice
+team:         alice, bob@example.net,
+              carol   # continued
+"quoted name": dave
+gone:         :fail: This address no longer exists
+busy:         :defer: Mailbox being moved
+devnull:      :blackhole:
+loop1:        loop2
+loop2:        loop1, erin
+partly:       devnull, frank
+sad:          frank, gone
+"""
+
+
+@pytest.mark.parametrize(("address", "targets", "kind"), [
+    ("postmaster@mx.test", ("alice@mx.test",), None),
+    ("POSTMASTER@mx.test", ("alice@mx.test",), None),
+    ("team@mx.test", ("alice@mx.test", "bob@example.net", "carol@mx.test"), None),
+    ("quoted name@mx.test", ("dave@mx.test",), None),
+    ("nobody@mx.test", ("nobody@mx.test",), None),
+    ("gone@mx.test", (), "fail"),
+    ("busy@mx.test", (), "defer"),
+    ("devnull@mx.test", (), "blackhole"),
+    ("loop1@mx.test", ("loop1@mx.test", "erin@mx.test"), None),
+    ("partly@mx.test", ("frank@mx.test",), None),
+    ("sad@mx.test", (), "fail"),
+])  # fmt: skip
+def test_aliases_resolve(address: str, targets: tuple[str, ...], kind: str | None) -> None:
+    from smtpedge.delivery.aliases import Aliases
+
+    r = Aliases.parse(ALIASES).resolve(address)
+    assert r.targets == targets
+    assert (r.fail is not None, r.defer is not None, r.blackhole) == (
+        kind == "fail", kind == "defer", kind == "blackhole")  # fmt: skip
+    if kind == "fail":
+        assert r.fail == "This address no longer exists"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("  indented: first", "nothing to continue"),
+    ("nocolon", "want 'name: target"),
+    ("a: b\nA: c", "given twice"),
+    ("a: |/usr/bin/prog", "no pipes, files or includes"),
+    ("a: :include:/etc/list", "no pipes"),
+    ('a: "open', "unterminated quote"),
+    ("a:", "no target"),
+])  # fmt: skip
+def test_bad_alias_files(text: str, problem: str) -> None:
+    from smtpedge.delivery.aliases import AliasError, Aliases
+
+    with pytest.raises(AliasError, match=problem):
+        Aliases.parse(text)
+
+
+def test_alias_chains_are_bounded() -> None:
+    from smtpedge.delivery.aliases import Aliases
+
+    chain = "\n".join(f"a{i}: a{i + 1}" for i in range(30))
+    r = Aliases.parse(chain).resolve("a0@mx.test")
+    assert r.fail is not None and "deeper than" in r.fail

@@ -1,2 +1,3 @@
-"""Routing and delivery: retry rules (``retry``) and the local maildir
-transport (``maildir``), the pieces the queue runner is built from."""
+"""Routing and delivery: retry rules (``retry``), alias files (``aliases``)
+and local maildir delivery (``maildir``), the pieces the queue runner is to be
+built from."""
