@@ -520,3 +520,20 @@ def test_proxy_header_from_a_host_not_in_hosts_proxy(
         assert c.reply().startswith("554 5.7.0")
     assert "PROXY header from [127.0.0.1]:" in caplog.text
     assert "which is not in hosts_proxy: refused" in caplog.text
+
+
+def test_a_failed_start_holds_nothing(spool: Path) -> None:
+    import asyncio
+
+    from smtpedge.config import Config
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    config = Config.from_mapping({"daemon_smtp_ports": [busy.getsockname()[1]],
+                                  "spool_directory": str(spool), "log_file_path": "-"})  # fmt: skip
+    with pytest.raises(OSError):
+        asyncio.run(Server(None, config).start())
+    busy.close()
+    with RunningServer(spool) as srv:
+        assert Client(srv.port).reply().startswith("220"), "the data directory lock was released"

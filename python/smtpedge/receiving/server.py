@@ -105,7 +105,23 @@ class Server:
         return self.addresses[0][1]
 
     async def start(self) -> None:
-        """Open the queue and start listening."""
+        """Open the queue and start listening. A start that fails (a port in
+        use, say) leaves nothing held: no lock, no socket, no committer."""
+        try:
+            await self._start()
+        except BaseException:
+            for srv in self._servers:
+                srv.close()
+            self._servers.clear()
+            if self._committer is not None:
+                self._committer.close()
+                self._committer = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         cfg.spool_path.mkdir(parents=True, exist_ok=True)
         if self._sockets is None:

@@ -488,10 +488,8 @@ class SMTPClient:
                     "4.4.2",
                     f"timeout after {timeout:g}s waiting for {waiting_for} from {self._where()}",
                 ) from None
-            except OSError as exc:
-                chunk = b""
-                proto.receive_data(b"")
-                del exc
+            except OSError:
+                chunk = b""  # a reset: seen as the end of the connection
             if self._engine is not None and chunk:
                 try:
                     self._engine.receive(chunk)
