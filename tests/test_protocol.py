@@ -592,3 +592,22 @@ def test_recipients_past_the_overshoot_count_as_errors() -> None:
     assert codes[4:7] == ["452"] * 3, "as many again get 452 only"
     assert codes[7:] == ["452", "452", "421"], "then each is an error, and the session ends"
     assert d.conn.closed
+
+
+def test_too_many_refused_recipients_end_the_session() -> None:
+    d = Driver(limits=Limits(max_refused_recipients=3))
+    d.feed(b"EHLO c\r\n")
+    d.feed(b"MAIL FROM:<a@b.example>\r\n")
+    out = b""
+    for _ in range(5):
+        d.conn.receive_data(b"RCPT TO:<r@c.example>\r\n")
+        e = d.conn.next_event()
+        if isinstance(e, ev.RcptTo):
+            d.conn.respond("550 5.7.1 Relaying not permitted")
+            e = d.conn.next_event()
+        if e is not None:
+            d.events.append(e)
+        out += d.conn.data_to_send()
+    assert d.codes(out) == ["550"] * 4 + ["421"]
+    assert d.conn.closed and isinstance(d.events[-1], ev.Closed)
+    assert "more than 3 refused recipients" in d.events[-1].reason

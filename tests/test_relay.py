@@ -184,3 +184,13 @@ def test_embedded_default_is_not_an_open_relay(tmp_path: Path) -> None:
         assert c.cmd("RCPT TO:<b@localhost>").startswith("250")
         c.cmd("QUIT")
         srv.wait_log("rejected RCPT <b@example.net>: relay not permitted")
+
+
+def test_a_relay_prober_is_disconnected(tmp_path: Path) -> None:
+    with RunningServer(tmp_path / "spool", hosts_proxy=["127.0.0.1"],
+                       smtp_max_refused_recipients=20) as srv:  # fmt: skip
+        c = _outside(srv.port)
+        c.send(b"".join(b"RCPT TO:<r%d@victim.example>\r\n" % i for i in range(50)))
+        replies = [c.reply()[:9] for _ in range(22)]
+        assert replies == ["550 5.7.1"] * 21 + ["421 4.7.0"], "more than 20: the 21st ends it"
+        assert c.closed_without_data()

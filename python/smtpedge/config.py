@@ -328,6 +328,12 @@ class Config:
         "Most recipients in one transaction; more get 452 4.5.3. Beyond another "
         "recipients_max, each one counts as a protocol error (smtp_max_synprot_errors).",
     )
+    smtp_max_refused_recipients: int = _opt(
+        100,
+        _int(1),
+        "Refused recipients (5xx: relay denied, unknown user, a hook's refusal) in one "
+        "session before 421 and close, like Postfix's smtpd_hard_error_limit.",
+    )
     smtp_max_synprot_errors: int = _opt(
         3, _int(0), "Syntax or protocol errors before the connection is closed."
     )

@@ -59,6 +59,7 @@ class Limits:
     max_errors: int = 3
     max_unknown: int = 3
     max_recipients: int = 1000
+    max_refused_recipients: int = 100
     bare_newline: str = "reject"
     enforce_sync: bool = True
     proxy_max_length: int = proxy.DEFAULT_MAX_LENGTH
@@ -115,6 +116,7 @@ class ServerConnection:
     """One SMTP session, server side."""
 
     __slots__ = (
+        "_after_close",
         "_bdat_error",
         "_bdat_failed",
         "_bdat_last",
@@ -128,6 +130,7 @@ class ServerConnection:
         "_excess",
         "_out",
         "_pending",
+        "_refused_rcpts",
         "_scanner",
         "_skip_line",
         "_started",
@@ -159,6 +162,8 @@ class ServerConnection:
         self._pending: ev.Event | None = None
         self._errors = 0
         self._excess = 0
+        self._refused_rcpts = 0
+        self._after_close: ev.Event | None = None
         self.progress = 0
         self._unknown = 0
         self._skip_line = False
@@ -277,6 +282,18 @@ class ServerConnection:
         elif isinstance(pending, ev.RcptTo):
             if ok:
                 self.recipients += 1
+            elif data[:1] == b"5":
+                # A client that keeps giving refused recipients (a relay
+                # prober, a dictionary attack) is stopped, as Postfix's
+                # smtpd_hard_error_limit does.
+                self._refused_rcpts += 1
+                if self._refused_rcpts > self.limits.max_refused_recipients:
+                    self._send(_reply(421, "4.7.0", f"{self.limits.hostname} Too many refused "
+                                      "recipients, closing connection"))  # fmt: skip
+                    self._close()
+                    self._after_close = ev.Closed(
+                        f"more than {self.limits.max_refused_recipients} refused recipients"
+                    )
         elif isinstance(pending, ev.MessageReceived):
             self._reset_transaction()
         elif isinstance(pending, ev.StartTLS) and ok:
@@ -293,6 +310,9 @@ class ServerConnection:
         ``progress`` counts complete lines read (commands and message data),
         so the adapter can time out a line that never completes however many
         bytes of it trickle in."""
+        if self._after_close is not None:
+            closed, self._after_close = self._after_close, None
+            return closed
         while self._pending is None:
             state = self.state
             if state == COMMAND:

@@ -61,6 +61,7 @@ class Server:
             max_errors=cfg.smtp_max_synprot_errors,
             max_unknown=cfg.smtp_max_unknown_commands,
             max_recipients=cfg.recipients_max,
+            max_refused_recipients=cfg.smtp_max_refused_recipients,
             bare_newline=cfg.bare_newline,
             enforce_sync=cfg.smtp_enforce_sync,
         )
