@@ -176,22 +176,28 @@ def test_slowloris_connections_do_not_hold_every_slot(tmp_path: Path) -> None:
             s.close()
 
 
+def _half_close(port: int, tail: bytes) -> bytes:
+    """Send a message, then ``tail`` (the final dot, perhaps QUIT), shut
+    down the sending side, and return everything the server said."""
+    c = Client(port, timeout=30)
+    assert c.reply().startswith("220")
+    assert c.cmd("EHLO half.example").startswith("250")
+    sock = c.sock
+    sock.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    got = b""
+    while b"354" not in got:
+        got += sock.recv(4096)
+    sock.sendall(b"Subject: half\r\n\r\nbody\r\n" + tail)
+    sock.shutdown(socket.SHUT_WR)
+    while chunk := sock.recv(4096):
+        got += chunk
+    sock.close()
+    return got
+
+
 def test_half_close_after_quit_still_gets_250_and_221(tmp_path: Path) -> None:
     with ServeProcess(tmp_path / "data") as srv:
-        c = Client(srv.port, timeout=30)
-        assert c.reply().startswith("220")
-        assert c.cmd("EHLO half.example").startswith("250")
-        sock = c.sock
-        sock.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
-        got = b""
-        while b"354" not in got:
-            got += sock.recv(4096)
-        sock.sendall(b"Subject: half\r\n\r\nbody\r\n.\r\nQUIT\r\n")
-        sock.shutdown(socket.SHUT_WR)
-        while chunk := sock.recv(4096):
-            got += chunk
-        sock.close()
-        text = got.decode()
+        text = _half_close(srv.port, b".\r\nQUIT\r\n").decode()
         assert re.search(r"\r\n250 2\.0\.0 OK id=\S+\r\n221 ", text), text
         qid = re.search(r"OK id=(\S+)", text)[1]  # type: ignore[index]
         log = srv.wait_log(f"{qid} <= <a@example.org>")
@@ -201,18 +207,7 @@ def test_half_close_after_quit_still_gets_250_and_221(tmp_path: Path) -> None:
 
 def test_half_close_without_quit_gets_its_250(tmp_path: Path) -> None:
     with ServeProcess(tmp_path / "data") as srv:
-        c = Client(srv.port, timeout=30)
-        assert c.reply().startswith("220")
-        assert c.cmd("EHLO half.example").startswith("250")
-        sock = c.sock
-        sock.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
-        got = b""
-        while b"354" not in got:
-            got += sock.recv(4096)
-        sock.sendall(b"Subject: half\r\n\r\nbody\r\n.\r\n")
-        sock.shutdown(socket.SHUT_WR)
-        while chunk := sock.recv(4096):
-            got += chunk
+        got = _half_close(srv.port, b".\r\n")
         assert b"\r\n250 2.0.0 OK id=" in got, got
         srv.wait_log("closed by the client (end of input, 1 message)")
         assert "<= <a@example.org>" in srv.log

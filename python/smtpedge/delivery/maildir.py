@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtpedge.queue.store import fsync_directory
+
 __all__ = ["MaildirError", "MaildirTransport", "deliver"]
 
 _counter = itertools.count(1)
@@ -58,14 +60,6 @@ def _unique_name(hostname: str) -> str:
     return f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}.{host}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver(
     maildir: Path,
     content: bytes,
@@ -95,7 +89,7 @@ def deliver(
             os.link(tmp, final)  # never replaces an existing file
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(maildir / "new")
+        fsync_directory(maildir / "new")
         return final
     except OSError as exc:
         raise MaildirError(_status_for(exc),

@@ -101,7 +101,8 @@ class _Record:
     size: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -165,7 +166,7 @@ class Queue:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-        _fsync_dir(sub)
+        fsync_directory(sub)
         return f"{record.id[-2:]}/{record.id}"
 
     def _add_many(self, records: list[_Record]) -> dict[str, BaseException]:
