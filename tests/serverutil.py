@@ -4,12 +4,14 @@ over real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +245,17 @@ def swaks(port: int, *args: str, expect: int = 0) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == expect, done.stdout + done.stderr
     return done.stdout
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, options: str) -> Iterator[None]:
+    """A tmpfs on ``path`` for the test's length: a tiny one (a full disk) or
+    a read-only one, real errors that even root gets."""
+    if os.geteuid() != 0 and os.environ.get("CI") != "true":
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

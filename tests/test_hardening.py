@@ -7,7 +7,6 @@ to everyone else."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import select
@@ -18,12 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from serverutil import Client, ServeProcess, wait_for
+from serverutil import Client, ServeProcess, mounted_tmpfs, wait_for
 from smtpedge.queue import Queue, incoming_directory
 from smtpedge.receiving.session import Recipient
 
@@ -375,20 +373,6 @@ def test_killed_worker_gives_back_its_slots_and_uploads(tmp_path: Path) -> None:
         assert replies.count("220") == 4 - survivors, (replies, survivors)
         for c in clients + fresh + [upload]:
             c.close()
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(path: Path, options: str) -> Iterator[None]:
-    """A tmpfs on ``path`` for the test's length: a tiny one (a full disk) or
-    a read-only one, real errors that even root gets."""
-    if os.geteuid() != 0 and os.environ.get("CI") != "true":
-        pytest.skip("mounting a tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 @pytest.mark.parametrize(("fault", "options", "cause"), [
