@@ -142,11 +142,14 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 class ServeProcess:
-    """``smtpedge serve`` in a child process with a generated TOML config."""
+    """``smtpedge serve`` in a child process with a generated TOML config.
+    ``queue_only`` is on unless given: tests of the receiving side look at
+    what stays in the queue; delivery tests pass ``queue_only=False``."""
 
     def __init__(self, spool: Path, **options: Any) -> None:
         import sys
 
+        options.setdefault("queue_only", True)
         self.port = options.pop("port", None) or free_port()
         self.spool = spool
         spool.mkdir(parents=True, exist_ok=True)
@@ -226,6 +229,8 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):  # routers and transports, as inline tables
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -259,3 +264,111 @@ def mounted_tmpfs(path: Path, options: str) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+class ScriptedServer:
+    """A small SMTP server on loopback whose replies a test chooses: to find
+    out what a client does with a refusal, a multi-line reply or a deferral.
+    ``replies`` maps a verb (``MAIL``, ``RCPT``, ``DATA``, ``.``: the reply
+    to the message data) to a reply, or to a function of the command line
+    giving one (``None``: the usual 250). Multi-line replies are given with
+    ``\\r\\n`` between the lines. It records every command and message."""
+
+    def __init__(self, replies: dict[str, Any] | None = None, *, host: str = "127.0.0.1",
+                 extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
+                 ) -> None:  # fmt: skip
+        self.replies = replies or {}
+        self.extensions = extensions
+        self.commands: list[str] = []
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.connections = 0
+        self.host = host
+        self.loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self._server = self.loop.run_until_complete(
+                asyncio.start_server(self._session, host, 0)
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        assert self._server is not None
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    def _reply(self, verb: str, line: str, default: str) -> str:
+        r = self.replies.get(verb)
+        if callable(r):
+            r = r(line)
+        return str(r or default)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+
+        def send(text: str) -> None:
+            writer.write(text.encode() + b"\r\n")
+
+        send(self._reply("banner", "", "220 scripted.test ESMTP"))
+        sender, rcpts = "", list[str]()
+        try:
+            while line_b := await reader.readline():
+                line = line_b.decode("utf-8", "replace").rstrip("\r\n")
+                self.commands.append(line)
+                verb = line.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    send("\r\n".join(f"250-{e}" for e in ("scripted.test", *self.extensions[:-1]))
+                         + f"\r\n250 {self.extensions[-1]}" if self.extensions
+                         else "250 scripted.test")  # fmt: skip
+                elif verb == "HELO":
+                    send("250 scripted.test")
+                elif verb == "MAIL":
+                    reply = self._reply("MAIL", line, "250 2.1.0 OK")
+                    sender = line[10:].split(">")[0].lstrip("<") if reply[0] == "2" else ""
+                    rcpts = []
+                    send(reply)
+                elif verb == "RCPT":
+                    reply = self._reply("RCPT", line, "250 2.1.5 OK")
+                    if reply[0] == "2":
+                        rcpts.append(line[8:].split(">")[0].lstrip("<"))
+                    send(reply)
+                elif verb == "DATA":
+                    if not rcpts:
+                        send("554 5.5.1 no valid recipients")
+                        continue
+                    send(self._reply("DATA", line, "354 go ahead"))
+                    data = b""
+                    while (chunk := await reader.readline()) not in (b".\r\n", b""):
+                        data += chunk
+                    reply = self._reply(".", "", "250 2.0.0 queued")
+                    if reply[0] == "2":
+                        self.messages.append((sender, rcpts, data))
+                    send(reply)
+                elif verb == "RSET":
+                    sender, rcpts = "", []
+                    send("250 2.0.0 OK")
+                elif verb == "QUIT":
+                    send("221 2.0.0 bye")
+                    await writer.drain()
+                    break
+                else:
+                    send("502 5.5.2 not here")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> ScriptedServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

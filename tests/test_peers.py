@@ -84,7 +84,7 @@ def test_swaks_dsn_parameters_without_the_offer_get_555(spool: Path) -> None:
 def test_swaks_proxy_protocol(spool: Path, version: str) -> None:
     with ServeProcess(spool, hosts_proxy=["127.0.0.1"], local_domains=["example.net"]) as srv:
         family = "TCP4" if version == "1" else "AF_INET"
-        out = swaks(srv.port, "--from", "a@example.org", "--to", "b@example.net",
+        out = swaks(srv.port, "--from", "a@example.org", "--to", "postmaster@example.net",
                     "--proxy-version", version, "--proxy-family", family,
                     "--proxy-source", "192.0.2.44", "--proxy-source-port", "4444",
                     "--proxy-dest", "198.51.100.1", "--proxy-dest-port", "25")  # fmt: skip

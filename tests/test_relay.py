@@ -180,10 +180,14 @@ def test_embedded_default_is_not_an_open_relay(tmp_path: Path) -> None:
     with ServeProcess(tmp_path / "data", hosts_proxy=["127.0.0.1"]) as srv:
         c = _outside(srv.port)
         assert c.cmd("RCPT TO:<b@example.net>").startswith("550 5.7.1")
-        assert c.cmd("RCPT TO:<b@mx.test>").startswith("250")
-        assert c.cmd("RCPT TO:<b@localhost>").startswith("250")
+        assert c.cmd("RCPT TO:<root@mx.test>").startswith("250")
+        assert c.cmd("RCPT TO:<postmaster@localhost>").startswith("250")
+        assert c.cmd("RCPT TO:<Postmaster>").startswith("250"), "RFC 5321 section 4.5.1"
+        # A user the routers do not know is refused now, not bounced later.
+        assert c.cmd("RCPT TO:<nosuchuser@mx.test>") == "550 5.1.1 Unrouteable address"
         c.cmd("QUIT")
         srv.wait_log("rejected RCPT <b@example.net>: relay not permitted")
+        srv.wait_log("rejected RCPT <nosuchuser@mx.test>: unknown recipient")
 
 
 def test_a_relay_prober_is_disconnected(tmp_path: Path) -> None:

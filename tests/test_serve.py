@@ -22,21 +22,30 @@ def test_serve_with_no_arguments_uses_the_embedded_default(tmp_path: Path) -> No
         c = Client(2525)
         assert c.reply().startswith("220 ")
         c.cmd("EHLO default.example")
-        reply = c.send_message("a@example.org", ["b@example.net"], b"Subject: default")
+        reply = c.send_message("a@example.org", ["root@localhost"], b"Subject: default\r\n\r\nhi")
         assert reply.startswith("250 2.0.0 OK id=")
         c.cmd("QUIT")
+        # Local mail is delivered to the user's maildir in the data directory.
+        new = tmp_path / "smtpedge-data" / "mail" / "root" / "new"
+        assert wait_for(lambda: new.is_dir() and len(os.listdir(new)) == 1)
+        assert wait_for(lambda: "Completed" in main_log.read_text())
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
     data = tmp_path / "smtpedge-data"
-    assert len(Queue(data)) == 1
+    [name] = os.listdir(new)
+    delivered = (new / name).read_bytes()
+    assert delivered.startswith(b"Return-Path: <a@example.org>\nDelivered-To: root@localhost\n")
+    assert b"Subject: default\n\nhi" in delivered
+    assert len(Queue(data)) == 0
     log = (data / "log" / "main.log").read_text()
     assert "listening on [127.0.0.1]:2525" in log and "<= <a@example.org>" in log
+    assert "=> <root@localhost> R=localuser T=local_delivery" in log
     assert b"<= <a@example.org>" in err, "log lines go to stderr too"
     listing = subprocess.run([sys.executable, "-m", "smtpedge", "queue", "list"],
                              cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
-    assert "<b@example.net>" in listing.stdout
+    assert "queue is empty" in listing.stdout
 
 
 def test_workers_share_the_socket_and_stop_gracefully(tmp_path: Path) -> None:

@@ -223,6 +223,46 @@ def _ratelimit(v: Any) -> RateLimit | None:
     return RateLimit.parse(_str(v))
 
 
+def _durations(v: Any) -> tuple[float, ...]:
+    items = v if isinstance(v, list | tuple) else [v]
+    out = tuple(_duration(i) for i in items if i not in ("", None))
+    if any(d < 0 for d in out):
+        raise ValueError("a time cannot be negative")
+    return tuple(d for d in out if d > 0)
+
+
+def _strings(v: Any) -> tuple[str, ...]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("must be a string or an array of strings")
+    return tuple(i for i in items if i.strip())
+
+
+def _tables(v: Any) -> tuple[dict[str, Any], ...]:
+    """Router instances: an array of tables, each with a name and a driver
+    (their own options are checked when the routers are built)."""
+    if not isinstance(v, list | tuple):
+        raise ValueError("must be an array of tables ([[routers]] in TOML)")
+    for t in v:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
+            raise ValueError("each router is a table with a name and a driver")
+        if not isinstance(t.get("driver"), str):
+            raise ValueError(f"router {t['name']!r} has no driver")
+    return tuple(dict(t) for t in v)
+
+
+def _named_tables(v: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """Transport instances: a table of tables, by name, each with a driver."""
+    if isinstance(v, tuple):
+        return v
+    if not isinstance(v, dict):
+        raise ValueError("must be a table of tables ([transports.<name>] in TOML)")
+    for name, t in v.items():
+        if not isinstance(t, dict) or not isinstance(t.get("driver"), str):
+            raise ValueError(f"transport {name!r} needs a table with a driver")
+    return tuple((str(k), dict(t)) for k, t in v.items())
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def conv(v: Any) -> str:
         if v not in choices:
@@ -432,6 +472,68 @@ class Config:
     queue_commit_batch: int = _opt(
         256, _int(1, 100_000), "Most messages made durable in one group commit."
     )
+    queue_only: bool = _opt(
+        False, _bool, "Accept and queue mail but run no deliveries (`smtpedge queue run` does)."
+    )
+    queue_run_max: int = _opt(
+        50, _int(1, 10_000), "Most messages being delivered at once by the queue runner."
+    )
+    remote_max_per_host: int = _opt(
+        10, _int(1, 1000), "Most simultaneous SMTP connections to one remote host."
+    )
+    queue_poll_interval: float = _opt(
+        1.0,
+        _duration,
+        "How often the runner looks for mail queued by other worker processes (mail queued "
+        "in its own process starts at once).",
+        '"1s"',
+    )
+    routers: tuple[dict[str, Any], ...] = _opt(
+        (),
+        _tables,
+        "Routers, in order, as [[routers]] tables (docs/delivery.md); none: the built-in "
+        "dnslookup, system_aliases, postmaster and localuser.",
+        "[]",
+    )
+    transports: tuple[tuple[str, dict[str, Any]], ...] = _opt(
+        (),
+        _named_tables,
+        "Transports by name, as [transports.<name>] tables (docs/delivery.md), added to the "
+        "built-in local_delivery (maildir) and remote_smtp (smtp).",
+        "{}",
+    )
+    retry_rules: tuple[str, ...] = _opt(
+        ("* * F,2h,15m; G,16h,1h,1.5; F,4d,6h",),
+        _strings,
+        "Retry rules, one per string, as Exim's retry section: 'pattern error sets'.",
+        '["* * F,2h,15m; G,16h,1h,1.5; F,4d,6h"]',
+    )
+    delay_warning: tuple[float, ...] = _opt(
+        (86400.0,),
+        _durations,
+        "When to send delay reports, counted from arrival; the last interval repeats "
+        '([] or "0s": none).',
+        '["24h"]',
+    )
+    dsn_from: str = _opt(
+        "",
+        _str,
+        "From of delivery reports (default: Mail Delivery System "
+        "<Mailer-Daemon@primary_hostname>).",
+    )
+    bounce_return_size_limit: int = _opt(
+        100 * 1024,
+        _size,
+        "Largest message returned whole in a failure report (RET=FULL); a bigger one "
+        "returns its headers.",
+        '"100K"',
+    )
+    dns_nameservers: tuple[str, ...] = _opt(
+        (),
+        _strings,
+        "DNS servers for the routers ('address' or 'address:port'); none: /etc/resolv.conf.",
+        "[]",
+    )
 
     @property
     def hostname(self) -> str:
@@ -503,8 +605,19 @@ class Config:
         """The configuration as a commented TOML file."""
         lines = []
         for f in fields(self):
+            if f.name in ("routers", "transports"):
+                continue
             lines.append(f"# {f.metadata['doc']}")
             lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+            lines.append("")
+        # Tables come after every plain key.
+        for name, table in self.transports:
+            lines.append(f"[transports.{name}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+            lines.append("")
+        for table in self.routers:
+            lines.append("[[routers]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
             lines.append("")
         return "\n".join(lines)
 
@@ -516,8 +629,10 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, HostList | DomainList):
         return "[" + ", ".join(_toml_value(i) for i in v.source) + "]"
-    if isinstance(v, tuple):
+    if isinstance(v, tuple | list):
         return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(i)}" for k, i in v.items()) + "}"
     if v is None:
         return '""'
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')

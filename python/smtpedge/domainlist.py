@@ -2,7 +2,9 @@
 (``local_domains``, ``relay_to_domains``).
 
 Items are tried in order and the first that matches decides; a ``!`` in front
-of an item makes a match mean "not in the list". An empty list matches nothing.
+of an item makes a match mean "not in the list". A list whose last item is
+negated matches whatever no item matched (``! +local_domains``: every domain
+but the local ones), as in Exim. An empty list matches nothing.
 
     example.com       that domain (case does not matter; U-labels and A-labels
                       are the same domain)
@@ -15,6 +17,9 @@ of an item makes a match mean "not in the list". An empty list matches nothing.
     ^regex            a regular expression, matched from the start of the
                       domain (in lower case)
     *                 every domain
+    +local_domains    another list by name, where the option allows it (a
+                      router's ``domains`` may name ``local_domains`` and
+                      ``relay_to_domains``)
 
 A list is a TOML array of items, or one string in Exim's syntax (items
 separated by ``:``, as for host lists).
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from smtpedge._idna import to_ascii
@@ -67,7 +72,7 @@ def normalize_domain(domain: str) -> str | None:
 @dataclass(frozen=True, slots=True)
 class _Item:
     negated: bool
-    kind: str  # "any", "exact", "suffix", "regex", "primary", "literal"
+    kind: str  # "any", "exact", "suffix", "regex", "primary", "literal", "named"
     value: str
     pattern: re.Pattern[str] | None = None
 
@@ -78,10 +83,11 @@ class DomainList:
 
     __slots__ = ("_items", "source")
 
-    def __init__(self, items: str | Iterable[str] = ()) -> None:
+    def __init__(self, items: str | Iterable[str] = (), *, names: Iterable[str] = ()) -> None:
         raw = split_list(items) if isinstance(items, str) else list(items)
         self.source: tuple[str, ...] = tuple(raw)
-        self._items = tuple(_parse(item) for item in raw)
+        allowed = tuple(names)
+        self._items = tuple(_parse(item, allowed) for item in raw)
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -96,18 +102,28 @@ class DomainList:
         return hash(self.source)
 
     def match(
-        self, domain: str, primary_hostname: str = "", own_addresses: Iterable[str] = ()
+        self,
+        domain: str,
+        primary_hostname: str = "",
+        own_addresses: Iterable[str] = (),
+        named: Mapping[str, DomainList] | None = None,
     ) -> bool:
         name = normalize_domain(domain)
         if name is None:
             return False
         for item in self._items:
-            if _matches(item, name, primary_hostname, own_addresses):
+            if item.kind == "named":
+                other = (named or {}).get(item.value)
+                hit = other is not None and other.match(name, primary_hostname, own_addresses)
+            else:
+                hit = _matches(item, name, primary_hostname, own_addresses)
+            if hit:
                 return not item.negated
-        return False
+        # Exim: a list that ends with a negated item matches what it did not name.
+        return bool(self._items) and self._items[-1].negated
 
 
-def _parse(text: str) -> _Item:
+def _parse(text: str, names: tuple[str, ...] = ()) -> _Item:
     item = text.strip()
     negated = item.startswith("!")
     if negated:
@@ -125,6 +141,8 @@ def _parse(text: str) -> _Item:
             return _Item(negated, "regex", item, re.compile(item))
         except re.error as exc:
             raise DomainListError(f"bad regular expression {item!r}: {exc}") from None
+    if item.startswith("+") and item[1:] in names:
+        return _Item(negated, "named", item[1:])
     if item.startswith("@") or item.startswith("+") or ";" in item:
         raise DomainListError(
             f"{item!r}: named lists, lookups and @mx items are not supported; "

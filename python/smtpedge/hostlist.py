@@ -1,7 +1,9 @@
 """Exim-style host lists: which clients an option applies to.
 
 Items are tried in order and the first that matches decides; a ``!`` in front
-of an item makes a match mean "not in the list". An empty list matches nothing.
+of an item makes a match mean "not in the list". A list whose last item is
+negated matches whatever no item matched (``!192.0.2.7``: every host but
+that one), as in Exim. An empty list matches nothing.
 
     *                 every host
     192.0.2.7         one address (IPv4 or IPv6)
@@ -169,4 +171,5 @@ class HostList:
                 hit = name == item.name or str(ip) in resolve(item.name)
             if hit:
                 return not item.negated
-        return False
+        # Exim: a list that ends with a negated item matches what it did not name.
+        return bool(self._items) and self._items[-1].negated

@@ -71,6 +71,18 @@ def _check_tls(config: Config) -> None:
         raise SystemExit(f"smtpedge: option tls_certificate / tls_privatekey: {exc}") from None
 
 
+def _check_delivery(config: Config) -> None:
+    """Build the routers and transports once, so that a bad one stops
+    start-up with a message naming the option."""
+    from smtpedge.config import ConfigError
+    from smtpedge.delivery import Delivery
+
+    try:
+        Delivery(config)
+    except ConfigError as exc:
+        raise SystemExit(f"smtpedge: {exc}") from None
+
+
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
@@ -99,20 +111,32 @@ async def _serve(
     handler: Any,
     table: HostTable | None,
     ready: Callable[[], None] | None,
+    run_queue: bool = True,
 ) -> None:
+    from smtpedge.delivery import Delivery, QueueRunner
     from smtpedge.receiving.server import Server
 
-    server = Server(handler, config, sockets=socks, host_table=table)
+    delivery = Delivery(config)
+    runner = QueueRunner(config, delivery) if run_queue and not config.queue_only else None
+    server = Server(handler, config, sockets=socks, host_table=table,
+                    verify_recipient=delivery.verify,
+                    on_queued=(lambda qid: runner.wake()) if runner else None)  # fmt: skip
     await server.start()
+    stop = asyncio.Event()
+    runner_task = asyncio.create_task(runner.run(stop)) if runner else None
     if ready is not None:
         ready()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logger.info("stopping: %d message(s) accepted by this process", server.messages_accepted)
     await server.stop()
+    if runner is not None and runner_task is not None:
+        await runner_task
+        await runner.close()
+    else:
+        await delivery.close()
 
 
 def _serve_worker(
@@ -121,9 +145,10 @@ def _serve_worker(
     handler: Any,
     table: HostTable | None = None,
     ready: Callable[[], None] | None = None,
+    run_queue: bool = True,
 ) -> None:
     factory = _event_loop_factory(config)
-    main = _serve(config, socks, handler, table, ready)
+    main = _serve(config, socks, handler, table, ready, run_queue)
     if factory is not None:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main)
@@ -161,6 +186,7 @@ def _run(config: Config, handler: Any) -> int:
             f"(option spool_directory / log_file_path): {exc}"
         ) from None
     _check_tls(config)
+    _check_delivery(config)
     _raise_fd_limit()
     socks = bind(config)
     loop_name = "uvloop" if _event_loop_factory(config) else "asyncio"
@@ -231,7 +257,8 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
 
             code = 0
             try:
-                _serve_worker(config, socks, handler, table, ready)
+                # The first worker runs the queue; the others only receive.
+                _serve_worker(config, socks, handler, table, ready, run_queue=slot == 0)
             except BaseException as exc:  # the worker must never return into the parent's code
                 logger.error("worker %d failed: %r", os.getpid(), exc)
                 code = 1

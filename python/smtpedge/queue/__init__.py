@@ -4,19 +4,31 @@ the lock that keeps a second server off the same data directory (``lock``)."""
 
 from smtpedge.queue.lock import DataDirectoryBusy, DataDirectoryLock
 from smtpedge.queue.store import (
+    FINAL,
+    PENDING,
     GroupCommitter,
+    MessageRecord,
     Queue,
     QueuedMessage,
+    RecipientState,
+    StateWriter,
     incoming_directory,
+    make_record,
     new_queue_id,
 )
 
 __all__ = [
+    "FINAL",
+    "PENDING",
     "DataDirectoryBusy",
     "DataDirectoryLock",
     "GroupCommitter",
+    "MessageRecord",
     "Queue",
     "QueuedMessage",
+    "RecipientState",
+    "StateWriter",
     "incoming_directory",
+    "make_record",
     "new_queue_id",
 ]

@@ -31,7 +31,19 @@ from typing import Any
 
 from smtpedge.esmtp import MailParams, RcptParams, Recipient
 
-__all__ = ["GroupCommitter", "Queue", "QueuedMessage", "incoming_directory", "new_queue_id"]
+__all__ = [
+    "FINAL",
+    "PENDING",
+    "GroupCommitter",
+    "MessageRecord",
+    "Queue",
+    "QueuedMessage",
+    "RecipientState",
+    "StateWriter",
+    "incoming_directory",
+    "make_record",
+    "new_queue_id",
+]
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: sortable, unambiguous
 
@@ -61,6 +73,30 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 """
 
+# Delivery state, added to databases made before the queue runner existed.
+_COLUMNS = {
+    "messages": (
+        ("next_attempt", "REAL NOT NULL DEFAULT 0"),
+        ("warned", "INTEGER NOT NULL DEFAULT 0"),
+    ),
+    "recipients": (
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("first_failure", "REAL"),
+        ("last_interval", "REAL NOT NULL DEFAULT 0"),
+        ("next_attempt", "REAL NOT NULL DEFAULT 0"),
+        ("last_attempt", "REAL"),
+        ("last_error", "TEXT"),
+        ("host", "TEXT"),
+        ("parent", "INTEGER"),
+        ("via", "TEXT"),
+    ),
+}
+_INDEX = "CREATE INDEX IF NOT EXISTS messages_due ON messages(next_attempt)"
+
+#: A recipient's states: waiting (``queued``, ``deferred``) or final.
+PENDING = ("queued", "deferred")
+FINAL = ("delivered", "failed", "expanded")
+
 
 def new_queue_id() -> str:
     """A 16-character ID that sorts by arrival time (microseconds, then 20
@@ -88,7 +124,32 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class RecipientState:
+    """One recipient's delivery state. ``idx`` is its place in the message;
+    a recipient made by an alias expansion has ``parent`` (the idx of the
+    address it came from). Times are Unix times; ``next_attempt`` 0 means
+    as soon as possible."""
+
+    idx: int
+    recipient: Recipient
+    status: str = "queued"
+    attempts: int = 0
+    first_failure: float | None = None
+    last_interval: float = 0.0
+    next_attempt: float = 0.0
+    last_attempt: float | None = None
+    last_error: str | None = None
+    host: str | None = None
+    parent: int | None = None
+    via: str | None = None  # the redirect router that made it
+
+    @property
+    def pending(self) -> bool:
+        return self.status in PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
     id: str
     arrival: float
     sender: str
@@ -133,6 +194,12 @@ class Queue:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        for table, columns in _COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        self._db.execute(_INDEX)
 
     def close(self) -> None:
         self._db.close()
@@ -147,7 +214,7 @@ class Queue:
         path.mkdir(exist_ok=True)
         return path
 
-    def _write_spool_file(self, record: _Record) -> str:
+    def _write_spool_file(self, record: MessageRecord) -> str:
         sub = self.spool / record.id[-2:]
         sub.mkdir(exist_ok=True)
         final = sub / record.id
@@ -169,7 +236,7 @@ class Queue:
         fsync_directory(sub)
         return f"{record.id[-2:]}/{record.id}"
 
-    def _add_many(self, records: list[_Record]) -> dict[str, BaseException]:
+    def _add_many(self, records: list[MessageRecord]) -> dict[str, BaseException]:
         """Make every record durable in one transaction. A record whose spool
         file cannot be written fails alone: it is left out and its error
         returned by ID. A failed transaction raises (and stores nothing)."""
@@ -190,25 +257,7 @@ class Queue:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (r.id, r.arrival, r.sender, r.mail_params, r.client, r.size, r.header,
-                     None if r.id in files else r.content, files.get(r.id))
-                    for r in records
-                ],
-            )  # fmt: skip
-            db.executemany(
-                "INSERT INTO recipients VALUES (?,?,?,?,?,?,?,?,'queued')",
-                [
-                    (r.id, i, rc.address,
-                     ",".join(rc.params.notify) if rc.params.notify else None,
-                     rc.params.orcpt_type, rc.params.orcpt, rc.params.orcpt_xtext,
-                     json.dumps(rc.raw_params))
-                    for r in records
-                    for i, rc in enumerate(r.recipients)
-                ],
-            )  # fmt: skip
+            self._insert(records, files)
             db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (a full disk, say) may have rolled back already:
@@ -221,6 +270,23 @@ class Queue:
                     (self.spool / rel).unlink(missing_ok=True)
             raise
         return failed
+
+    def _insert(self, records: list[MessageRecord], files: dict[str, str]) -> None:
+        """Insert message rows (inside a transaction); each is due at once."""
+        self._db.executemany(
+            "INSERT INTO messages (id, arrival, sender, mail_params, client, size, header, "
+            "content, spool_file, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (r.id, r.arrival, r.sender, r.mail_params, r.client, r.size, r.header,
+                 None if r.id in files else r.content, files.get(r.id), r.arrival)
+                for r in records
+            ],
+        )  # fmt: skip
+        self._db.executemany(
+            _INSERT_RECIPIENT,
+            [(r.id, i, *_recipient_columns(rc)) for r in records
+             for i, rc in enumerate(r.recipients)],
+        )  # fmt: skip
 
     def add(
         self,
@@ -304,6 +370,118 @@ class Queue:
             return header + (self.spool / str(row[2])).read_bytes()
         return header + bytes(row[1])
 
+    # -- delivery state -------------------------------------------------------------
+
+    def due(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` messages whose next attempt is due, the longest
+        waiting first (an index scan: the cost does not grow with the queue)."""
+        return [row[0] for row in self._db.execute(
+            "SELECT id FROM messages WHERE next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+            (now, limit))]  # fmt: skip
+
+    def next_due(self) -> float | None:
+        """When the next message is due (None: the queue is empty)."""
+        row = self._db.execute("SELECT min(next_attempt) FROM messages").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def states(self, queue_id: str) -> list[RecipientState]:
+        """Every recipient of a message with its delivery state, by idx."""
+        rows = self._db.execute(
+            "SELECT idx, address, notify, orcpt_type, orcpt, orcpt_xtext, raw_params, "
+            "status, attempts, first_failure, last_interval, next_attempt, last_attempt, "
+            "last_error, host, parent, via FROM recipients WHERE message_id=? ORDER BY idx",
+            (queue_id,),
+        )
+        out = []
+        for idx, address, notify, otype, orcpt, oxtext, raw, *state in rows:
+            params = RcptParams(tuple(notify.split(",")) if notify else None, otype, orcpt, oxtext)
+            recipient = Recipient(address, params, tuple((k, v) for k, v in json.loads(raw)))
+            out.append(RecipientState(idx, recipient, *state))
+        return out
+
+    def warned(self, queue_id: str) -> int:
+        """How many delay reports have been sent for a message."""
+        row = self._db.execute("SELECT warned FROM messages WHERE id=?", (queue_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def record(
+        self,
+        queue_id: str,
+        states: list[RecipientState] | tuple[RecipientState, ...],
+        *,
+        next_attempt: float | None,
+        warned: int | None = None,
+        reports: list[MessageRecord] | tuple[MessageRecord, ...] = (),
+    ) -> None:
+        """Make the outcome of an attempt durable in one transaction: the
+        recipients' new states (new idx values are added: alias expansions),
+        the reports it produced (queued as new messages), and the message's
+        next attempt, or with ``next_attempt=None`` its removal (every
+        recipient is done)."""
+        self.record_many([(queue_id, tuple(states), next_attempt, warned, tuple(reports))])
+
+    def record_many(self, items: list[StateRecord]) -> None:
+        """Several ``record`` calls in one transaction (one fsync)."""
+        db = self._db
+        files: dict[str, str] = {}
+        spools: list[str] = []
+        try:
+            for *_, reports in items:
+                for r in reports:
+                    if len(r.content) > self.inline_max:
+                        files[r.id] = self._write_spool_file(r)
+            db.execute("BEGIN IMMEDIATE")
+            for queue_id, states, next_attempt, warned, reports in items:
+                if next_attempt is None:
+                    row = db.execute("SELECT spool_file FROM messages WHERE id=?",
+                                     (queue_id,)).fetchone()  # fmt: skip
+                    if row and row[0]:
+                        spools.append(row[0])
+                    db.execute("DELETE FROM messages WHERE id=?", (queue_id,))
+                else:
+                    db.executemany(_UPSERT_RECIPIENT, [
+                        (queue_id, st.idx, *_recipient_columns(st.recipient), st.status,
+                         st.attempts, st.first_failure, st.last_interval, st.next_attempt,
+                         st.last_attempt, st.last_error, st.host, st.parent, st.via)
+                        for st in states
+                    ])  # fmt: skip
+                    db.execute(
+                        "UPDATE messages SET next_attempt=?, warned=coalesce(?, warned) "
+                        "WHERE id=?", (next_attempt, warned, queue_id),
+                    )  # fmt: skip
+                if reports:
+                    self._insert(list(reports), files)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            for rel in files.values():
+                with contextlib.suppress(OSError):
+                    (self.spool / rel).unlink(missing_ok=True)
+            raise
+        for rel in spools:
+            (self.spool / rel).unlink(missing_ok=True)
+
+    def make_due(self, queue_id: str | None = None, when: float = 0.0) -> int:
+        """Make one message (or every one) due at ``when``, its waiting
+        recipients too, whatever their retry times say (``queue retry`` and
+        ``queue flush``); return how many messages."""
+        db = self._db
+        where, args = ("WHERE id=?", (queue_id,)) if queue_id else ("", ())
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n = db.execute(f"UPDATE messages SET next_attempt=? {where}", (when, *args)).rowcount
+            rwhere = "AND message_id=?" if queue_id else ""
+            db.execute(f"UPDATE recipients SET next_attempt=? WHERE status IN "
+                       f"('queued','deferred') {rwhere}", (when, *args))  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return int(n)
+
     def remove(self, queue_id: str) -> bool:
         row = self._db.execute("SELECT spool_file FROM messages WHERE id=?", (queue_id,)).fetchone()
         if row is None:
@@ -312,6 +490,33 @@ class Queue:
         if row[0]:
             (self.spool / row[0]).unlink(missing_ok=True)
         return True
+
+
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, notify, orcpt_type, orcpt, "
+    "orcpt_xtext, raw_params) VALUES (?,?,?,?,?,?,?,?)"
+)
+_UPSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, notify, orcpt_type, orcpt, orcpt_xtext, "
+    "raw_params, status, attempts, first_failure, last_interval, next_attempt, last_attempt, "
+    "last_error, host, parent, via) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (message_id, idx) DO UPDATE SET status=excluded.status, "
+    "attempts=excluded.attempts, first_failure=excluded.first_failure, "
+    "last_interval=excluded.last_interval, next_attempt=excluded.next_attempt, "
+    "last_attempt=excluded.last_attempt, last_error=excluded.last_error, host=excluded.host"
+)
+
+
+#: One ``Queue.record`` call: ID, states, next attempt, warned, reports.
+StateRecord = tuple[
+    str, tuple[RecipientState, ...], float | None, int | None, tuple["MessageRecord", ...]
+]
+
+
+def _recipient_columns(rc: Recipient) -> tuple[Any, ...]:
+    p = rc.params
+    return (rc.address, ",".join(p.notify) if p.notify else None, p.orcpt_type, p.orcpt,
+            p.orcpt_xtext, json.dumps(rc.raw_params))  # fmt: skip
 
 
 def make_record(
@@ -324,13 +529,13 @@ def make_record(
     queue_id: str | None = None,
     header: bytes = b"",
     content_file: str | None = None,
-) -> _Record:
+) -> MessageRecord:
     decoded = {f: getattr(mail_params, f) for f in MailParams.__dataclass_fields__}
     params = json.dumps({"decoded": decoded, "raw": list(raw_mail_params)})
     size = len(header) + (os.path.getsize(content_file) if content_file else len(content))
-    return _Record(queue_id or new_queue_id(), time.time(), sender, params, json.dumps(client),
-                   tuple(recipients), bytes(header), bytes(content), content_file,
-                   size)  # fmt: skip
+    return MessageRecord(queue_id or new_queue_id(), time.time(), sender, params,
+                         json.dumps(client), tuple(recipients), bytes(header), bytes(content),
+                         content_file, size)  # fmt: skip
 
 
 class GroupCommitter:
@@ -344,7 +549,7 @@ class GroupCommitter:
         self._queue = Queue(directory, inline_max=inline_max)
         self._batch_max = batch_max
         self._requests: _stdqueue.SimpleQueue[
-            tuple[_Record, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+            tuple[MessageRecord, asyncio.Future[None], asyncio.AbstractEventLoop] | None
         ] = _stdqueue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="smtpedge-commit", daemon=True)
         self.batches = 0
@@ -421,3 +626,69 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
         fut.set_result(None)
     else:
         fut.set_exception(error)
+
+
+class StateWriter:
+    """Makes delivery outcomes durable from one writer thread, committing
+    every outcome that arrived while the previous commit was syncing in one
+    transaction (as ``GroupCommitter`` does for arriving mail).
+
+    ``await writer.record(...)`` returns once the change is on stable storage.
+    """
+
+    def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
+        self._queue = Queue(directory, inline_max=inline_max)
+        self._batch_max = batch_max
+        self._requests: _stdqueue.SimpleQueue[
+            tuple[StateRecord, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+        ] = _stdqueue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="smtpedge-state", daemon=True)
+        self.batches = 0
+        self._thread.start()
+
+    async def record(
+        self,
+        queue_id: str,
+        states: list[RecipientState] | tuple[RecipientState, ...],
+        *,
+        next_attempt: float | None,
+        warned: int | None = None,
+        reports: list[MessageRecord] | tuple[MessageRecord, ...] = (),
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        item: StateRecord = (queue_id, tuple(states), next_attempt, warned, tuple(reports))
+        self._requests.put((item, fut, loop))
+        await fut
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+        self._queue.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._requests.get_nowait()
+                except _stdqueue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            error: BaseException | None = None
+            try:
+                self._queue.record_many([r for r, _, _ in batch])
+                self.batches += 1
+            except BaseException as exc:
+                error = exc
+            for _, fut, loop in batch:
+                loop.call_soon_threadsafe(_settle, fut, error)
+            if stop:
+                return

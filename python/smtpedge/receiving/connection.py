@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
@@ -102,6 +102,8 @@ class ConnectionHost(Protocol):
     tls: ServerTLS | None
     active: set[Connection]
     needs_name: bool  # some host list names clients by their verified DNS name
+    # Recipient verification for local domains: the reply refusing it, or None.
+    verify_recipient: Callable[[str, str], Awaitable[str | None]] | None
 
     def offer_for(self, ip: str, name: str | None) -> Offer: ...
 
@@ -621,7 +623,10 @@ class Connection(asyncio.Protocol):
                               self.envelope.mail_from, event.path.mailbox)  # fmt: skip
                 self.proto.respond(RELAY_DENIED)
                 return True
-            if "RCPT" in hooks:
+            if "RCPT" in hooks or (
+                self.server.verify_recipient is not None
+                and self.server.relay.is_local(event.path.domain)
+            ):  # fmt: skip
                 return False
             if self.proto.respond("250 2.1.5 Recipient OK"):
                 self.envelope.recipients.append(
@@ -677,6 +682,15 @@ class Connection(asyncio.Protocol):
                 self._set_sender(event)
         elif isinstance(event, ev.RcptTo):
             address = event.path.mailbox
+            verify = srv.verify_recipient
+            if verify is not None and srv.relay.is_local(event.path.domain):
+                reply = await verify(address, env.mail_from or "")
+                if reply is not None:
+                    what = "unknown recipient" if reply.startswith("5") else "cannot verify"
+                    self._refused("H=%s F=<%s> rejected RCPT <%s>: %s: %s", self._who(),
+                                  env.mail_from, address, what, reply[10:])  # fmt: skip
+                    self.proto.respond(reply)
+                    return
             if "RCPT" in hooks:
                 opts = [k if v is None else f"{k}={v}" for k, v in event.raw_params]
                 reply = await hooks["RCPT"](srv, s, env, address, opts)

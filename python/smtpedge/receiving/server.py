@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,14 @@ class Server:
         *,
         sockets: list[socket.socket] | None = None,
         host_table: HostTable | None = None,
+        verify_recipient: Callable[[str, str], Awaitable[str | None]] | None = None,
+        on_queued: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config or Config()
+        # Checks a recipient in a local domain at RCPT time (address, sender):
+        # None to take it, else the reply (the routers in verify mode).
+        self.verify_recipient = verify_recipient
+        self.on_queued = on_queued
         self.handler = handler
         self.hooks = check_handler(handler)
         cfg = self.config
@@ -264,6 +271,8 @@ class Server:
             client=client, queue_id=qid, header=header, content_file=file,
         )  # fmt: skip
         self.messages_accepted += 1
+        if self.on_queued is not None:
+            self.on_queued(qid)
         return qid, size
 
     def open_queue(self) -> Queue:

@@ -158,6 +158,7 @@ class SendResult:
     results: tuple[RecipientResult, ...]
     response: Response | None  # the reply to the data, or to a refused MAIL
     dsn: bool  # the server offers DSN: the parameters went with the message
+    stage: str = "DATA"  # what ``response`` answered: "MAIL" or "DATA"
 
     @property
     def accepted(self) -> list[Recipient]:
@@ -516,7 +517,7 @@ class SMTPClient:
         refusal = self._refusal(message)
         if refusal is not None:
             return SendResult(tuple(RecipientResult(r, refusal, False)
-                                    for r in message.recipients), refusal, dsn)  # fmt: skip
+                                    for r in message.recipients), refusal, dsn, "MAIL")  # fmt: skip
         body8 = _is_8bit(message)
         utf8 = _needs_smtputf8(message)
         mail = f"MAIL FROM:<{message.sender}>"
@@ -633,7 +634,7 @@ class SMTPClient:
     async def _failed_all(self, message: OutgoingMessage, resp: Response, dsn: bool) -> SendResult:
         await self._reset()
         return SendResult(tuple(RecipientResult(r, resp, False) for r in message.recipients),
-                          resp, dsn)  # fmt: skip
+                          resp, dsn, "MAIL")  # fmt: skip
 
 
 def _params(raw: Sequence[tuple[str, str | None]], wanted: tuple[str, ...]) -> str:
