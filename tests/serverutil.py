@@ -372,3 +372,68 @@ class ScriptedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FakeDNS:
+    """A DNS server on loopback UDP answering from ``records``:
+    ``{("example.net", "MX"): ["10 mx1.example.net.", ...]}``. A name in
+    ``failing`` gets SERVFAIL; any other name not in ``records`` gets NXDOMAIN
+    (or an empty answer when the name has records of another type)."""
+
+    def __init__(self, records: dict[tuple[str, str], list[str]],
+                 failing: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.records = {(n.lower().rstrip("."), t.upper()): v for (n, t), v in records.items()}
+        self.failing = {f.lower().rstrip(".") for f in failing}
+        self.queries: list[tuple[str, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def nameserver(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        import dns.flags
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            q = query.question[0]
+            name = q.name.to_text(omit_final_dot=True).lower()
+            rdtype = dns.rdatatype.to_text(q.rdtype)
+            self.queries.append((name, rdtype))
+            resp = dns.message.make_response(query)
+            resp.flags |= dns.flags.AA
+            if name in self.failing:
+                resp.set_rcode(dns.rcode.SERVFAIL)
+            elif (name, rdtype) in self.records:
+                resp.answer.append(dns.rrset.from_text_list(
+                    q.name, 60, "IN", rdtype, self.records[(name, rdtype)]))  # fmt: skip
+            elif not any(n == name for n, _ in self.records):
+                resp.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(resp.to_wire(), addr)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> FakeDNS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

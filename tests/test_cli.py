@@ -65,7 +65,7 @@ def test_help_describes_each_command_in_words() -> None:
     out = r.stdout
     assert "The ``smtpedge`` command line" not in out, "not the module docstring"
     assert "an SMTP server for the mail edge" in out
-    described = [("serve", "run the SMTP server"), ("queue", "look at the queue"),
+    described = [("serve", "run the SMTP server"), ("queue", "manage the queue"),
                  ("ocsp", "OCSP proofs"), ("config", "print the effective")]  # fmt: skip
     for command, words in described:
         assert re.search(rf"^\s+{command}\s+{words}", out, re.M), (command, out)

@@ -8,6 +8,8 @@ import asyncio
 import email
 import email.policy
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ def _config(tmp_path: Path, hop_port: int | None = None, **extra: Any) -> dict[s
     """smtpedge as mx.test: alice, bob, carol and sender are local users, the
     aliases file has a list; every other domain goes to the next hop."""
     aliases = tmp_path / "aliases"
-    aliases.write_text("team: alice, bob, carol\nfwd: alice\nbroken: :fail: no such list\n"
+    aliases.write_text("team: alice, bob, carol\nfwd: dave\nbroken: :fail: no such list\n"
                        "gone: :defer: moving house\nnull: :blackhole:\n")  # fmt: skip
     routers: list[dict[str, Any]] = []
     if hop_port is not None:
@@ -41,8 +43,8 @@ def _config(tmp_path: Path, hop_port: int | None = None, **extra: Any) -> dict[s
         )
     routers += [
         {"name": "aliases", "driver": "redirect", "file": str(aliases)},
-        {"name": "users", "driver": "accept", "local_parts": ["alice", "bob", "carol", "sender"],
-         "transport": "local_delivery"},
+        {"name": "users", "driver": "accept", "transport": "local_delivery",
+         "local_parts": ["alice", "bob", "carol", "dave", "sender"]},
     ]  # fmt: skip
     options: dict[str, Any] = {
         "queue_only": False,
@@ -163,16 +165,16 @@ def test_an_alias_with_several_targets_gives_an_expanded_report(tmp_path: Path,
         )
         _done(srv, 3)  # the message, the expanded and the delivered report
         log = srv.log
-    for user in ("alice", "bob", "carol"):
-        assert len(_maildir(spool, user)) == 1 + (user == "alice"), user
+    for user in ("alice", "bob", "carol", "dave"):
+        assert len(_maildir(spool, user)) == 1, user
     reports = {r.recipients[0].action: r for r in _reports(spool, count=2)}
     assert sorted(reports) == ["delivered", "expanded"]
     [expanded] = reports["expanded"].recipients
     assert expanded.final_recipient == ("rfc822", "team@mx.test")
     assert expanded.status == "2.0.0"
-    # One address forwarded (fwd -> alice) keeps its NOTIFY=SUCCESS: delivered.
+    # One address forwarded (fwd -> dave) keeps its NOTIFY=SUCCESS: delivered.
     [forwarded] = reports["delivered"].recipients
-    assert forwarded.final_recipient == ("rfc822", "alice@mx.test")
+    assert forwarded.final_recipient == ("rfc822", "dave@mx.test")
     assert forwarded.original_recipient == ("rfc822", "fwd@mx.test")
     assert "<team@mx.test> R=aliases expanded to <alice@mx.test> <bob@mx.test>" in log
 
@@ -295,3 +297,62 @@ def test_null_sender_mail_gets_no_report(tmp_path: Path, spool: Path) -> None:
             _done(srv)
             srv.wait_log(f"no failed report: the sender is <> (<u1@{HOP}>)")
     assert len(Queue(spool)) == 0
+
+
+def _queue(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smtpedge", "queue", *args, "--config",
+                           str(config)], capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_queue_list_flush_and_retry_beside_a_running_server(tmp_path: Path, spool: Path) -> None:
+    replies: dict[str, Any] = {"RCPT": "451 4.3.2 not now"}
+    with ScriptedServer(replies) as hop:
+        options = _config(tmp_path, hop.port, retry_rules=["* * F,1h,10m"])
+        with ServeProcess(spool, **options) as srv:
+            submit(srv.port, "sender@mx.test", [f"u1@{HOP}", "alice@mx.test"])
+            srv.wait_log(f"== <u1@{HOP}> R=hop T=remote_smtp defer (rcpt_4xx): not now")
+            srv.wait_log("=> <alice@mx.test>")
+            listing = _queue(srv.config_path, "list")
+            assert listing.returncode == 0, listing.stderr
+            lines = listing.stdout.splitlines()
+            assert lines[0].split()[-1] == "<sender@mx.test>"
+            assert lines[1].startswith(f"  deferred  <u1@{HOP}> attempts=1 next=")
+            assert lines[1].endswith("last error: not now")
+            assert lines[2] == "  delivered <alice@mx.test>"
+            assert lines[-1] == "1 message(s) queued"
+            [qid] = Queue(spool).ids()
+            show = _queue(srv.config_path, "show", qid)
+            assert f"  state: deferred  <u1@{HOP}> attempts=1" in show.stdout
+            # The next attempt is an hour away; retry makes it now.
+            replies["RCPT"] = None
+            assert _queue(srv.config_path, "retry", qid).stdout == f"{qid} due now\n"
+            srv.wait_log(f"=> <u1@{HOP}> R=hop T=remote_smtp")
+            srv.wait_log(f"{qid} Completed")
+            assert _queue(srv.config_path, "list").stdout == "queue is empty\n"
+            # flush does the same for every message.
+            replies["RCPT"] = "451 4.3.2 not now"
+            submit(srv.port, "sender@mx.test", [f"u2@{HOP}"])
+            srv.wait_log(f"== <u2@{HOP}> R=hop")
+            replies["RCPT"] = None
+            assert _queue(srv.config_path, "flush").stdout == "1 message(s) due now\n"
+            srv.wait_log(f"=> <u2@{HOP}> R=hop")
+            run = _queue(srv.config_path, "run")
+            assert run.returncode == 1
+            assert "its queue runner delivers" in run.stderr
+    assert len(Queue(spool)) == 0
+
+
+def test_queue_run_delivers_once_with_the_server_stopped(tmp_path: Path, spool: Path) -> None:
+    options = _config(tmp_path, queue_only=True)
+    with ServeProcess(spool, **options) as srv:
+        submit(srv.port, "sender@mx.test", ["alice@mx.test", "team@mx.test"])
+        config = srv.config_path
+    assert not _maildir(spool, "alice"), "queue_only: nothing is delivered by the server"
+    run = _queue(config, "run")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "1 message(s) tried: 3 recipient(s) delivered, 0 deferred, 0 failed\n"
+    # alice is named twice (directly and through team): she gets one copy.
+    assert [len(_maildir(spool, u)) for u in ("alice", "bob", "carol")] == [1, 1, 1]
+    assert len(Queue(spool)) == 0
+    again = _queue(config, "run")
+    assert again.stdout.startswith("0 message(s) tried")

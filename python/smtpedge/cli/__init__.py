@@ -39,7 +39,9 @@ smtpedge: an SMTP server for the mail edge, and the tools around it.
 The server speaks ESMTP with PIPELINING, CHUNKING, SMTPUTF8, SIZE and the DSN
 parameters, STARTTLS with OCSP stapling, and the PROXY protocol (v1 and v2)
 from the load balancers in hosts_proxy. Every accepted message is on stable
-storage before its 250. It does not deliver mail yet: messages stay queued.
+storage before its 250; the queue runner then delivers it through Exim-style
+routers and transports (local maildirs, the next hop by SMTP) and sends the
+delivery status notifications each outcome calls for.
 """
 
 _EPILOG = """\
@@ -48,6 +50,7 @@ examples:
   smtpedge serve --config edge.toml    options as in docs/configuration.md
   smtpedge config > edge.toml          every option with its default, commented
   smtpedge queue list --spool-directory /var/spool/smtpedge
+  smtpedge queue flush                 try every queued message now
 
 'smtpedge COMMAND --help' tells more about each command.
 """
@@ -91,14 +94,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     common.add_argument("--spool-directory", default=argparse.SUPPRESS, help=where)
-    queue = sub.add_parser("queue", parents=[common], help="look at the queue: list, show, remove",
-                           description="Look at the queue of a server's data directory. "
-                           "Safe beside a running server.")  # fmt: skip
+    queue = sub.add_parser("queue", parents=[common],
+                           help="manage the queue: list, show, flush, retry, remove, run",
+                           description="Look at and manage the queue of a server's data "
+                           "directory. Safe beside a running server, except run, which "
+                           "delivers itself and so needs the server stopped.")  # fmt: skip
     qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="QUEUE_COMMAND")
-    qsub.add_parser("list", parents=[common], help="one line per message, then its recipients")
+    qsub.add_parser(
+        "list",
+        parents=[common],
+        help="one line per message, then each recipient's state and last error",
+    )
     qsub.add_parser("show", parents=[common],
-                    help="envelope and content of one message").add_argument("id")  # fmt: skip
+                    help="envelope, recipient states and content of one message"
+                    ).add_argument("id")  # fmt: skip
+    qsub.add_parser("flush", parents=[common],
+                    help="make every message due now, whatever its retry time")  # fmt: skip
+    qsub.add_parser("retry", parents=[common],
+                    help="make one message due now").add_argument("id")  # fmt: skip
     qsub.add_parser("remove", parents=[common], help="delete one message").add_argument("id")
+    qsub.add_parser(
+        "run",
+        parents=[common],
+        help="deliver what is due, once, then exit (with the server stopped)",
+    )
     ocsp_p = sub.add_parser("ocsp", help="OCSP proofs: fetch (and keep fresh), or serve")
     osub = ocsp_p.add_subparsers(dest="ocsp_command", required=True, metavar="OCSP_COMMAND")
     fetch = osub.add_parser("fetch", help="fetch, verify and store an OCSP proof")

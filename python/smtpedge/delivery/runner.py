@@ -286,11 +286,20 @@ class _Attempt:
     async def route(self, due: list[RecipientState]) -> None:
         delivery = self.runner.delivery
         todo = list(due)
+        # One delivery per address, however many ways lead to it (as Exim does).
+        seen = {s.recipient.address.lower() for s in self.states.values()
+                if s.status == "delivered"}  # fmt: skip
         while todo:
             st = todo.pop(0)
             address = st.recipient.address
             route = await delivery.routing.route(address, self.msg.sender, skip=st.via)
+            if route.kind == "accept" and address.lower() in seen:
+                self._final(st, "delivered", None)
+                logger.info("%s => <%s> R=%s: a duplicate, delivered once", self.msg.id,
+                            address, route.router)  # fmt: skip
+                continue
             if route.kind == "accept":
+                seen.add(address.lower())
                 transport = delivery.transports.get(route.transport or "")
                 if transport is None:  # pragma: no cover - checked at start-up
                     self._defer(st, route, "4.3.5", f"no transport {route.transport!r}", "*")
