@@ -48,3 +48,13 @@ def _reset_smtpedge_logger() -> Any:
         logger.removeHandler(h)
         h.close()
     logger.propagate = True
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_servers() -> Any:
+    """A test that fails half-way must not leave a ``smtpedge serve`` running."""
+    yield
+    from serverutil import ServeProcess
+
+    for srv in list(ServeProcess.live):
+        srv.kill()

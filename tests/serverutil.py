@@ -146,6 +146,8 @@ class ServeProcess:
     ``queue_only`` is on unless given: tests of the receiving side look at
     what stays in the queue; delivery tests pass ``queue_only=False``."""
 
+    live: set[ServeProcess] = set()  # stopped at the end of each test (conftest)
+
     def __init__(self, spool: Path, **options: Any) -> None:
         import sys
 
@@ -169,6 +171,7 @@ class ServeProcess:
             [sys.executable, "-m", "smtpedge", "serve", "--config", str(self.config_path)],
             stderr=self.stderr,
         )
+        ServeProcess.live.add(self)
         self.wait_log("smtpedge ready")
 
     def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> str:
@@ -200,6 +203,7 @@ class ServeProcess:
     def stop(self) -> int:
         import signal
 
+        ServeProcess.live.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -211,6 +215,7 @@ class ServeProcess:
         return int(self.proc.returncode)
 
     def kill(self) -> None:
+        ServeProcess.live.discard(self)
         self.proc.kill()
         self.proc.wait()
         self.stderr.close()
@@ -276,8 +281,9 @@ class ScriptedServer:
 
     def __init__(self, replies: dict[str, Any] | None = None, *, host: str = "127.0.0.1",
                  extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"),
-                 ) -> None:  # fmt: skip
+                 data_delay: float = 0.0) -> None:  # fmt: skip
         self.replies = replies or {}
+        self.data_delay = data_delay  # seconds before the reply to the data
         self.extensions = extensions
         self.commands: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
@@ -342,9 +348,13 @@ class ScriptedServer:
                         continue
                     send(self._reply("DATA", line, "354 go ahead"))
                     data = b""
-                    while (chunk := await reader.readline()) not in (b".\r\n", b""):
+                    while (chunk := await reader.readline()) != b".\r\n":
+                        if not chunk:
+                            return  # the connection ended inside the data: no message
                         data += chunk
                     reply = self._reply(".", "", "250 2.0.0 queued")
+                    if self.data_delay:
+                        await asyncio.sleep(self.data_delay)
                     if reply[0] == "2":
                         self.messages.append((sender, rcpts, data))
                     send(reply)
@@ -358,6 +368,8 @@ class ScriptedServer:
                 else:
                     send("502 5.5.2 not here")
                 await writer.drain()
+        except OSError:
+            pass  # the client went away (killed, say)
         finally:
             writer.close()
 
