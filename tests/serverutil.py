@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -146,7 +146,7 @@ class ServeProcess:
     ``queue_only`` is on unless given: tests of the receiving side look at
     what stays in the queue; delivery tests pass ``queue_only=False``."""
 
-    live: set[ServeProcess] = set()  # stopped at the end of each test (conftest)
+    live: ClassVar[set[ServeProcess]] = set()  # stopped after each test (conftest)
 
     def __init__(self, spool: Path, **options: Any) -> None:
         import sys

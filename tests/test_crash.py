@@ -111,7 +111,7 @@ def test_kill_9_during_deliveries_loses_no_recipient(tmp_path: Path) -> None:
         for threshold in (total // 5, total // 2, (4 * total) // 5):
             srv = ServeProcess(spool, queue_only=False, **options)
             try:
-                assert wait_for(lambda t=threshold: received() >= t, timeout=120)  # type: ignore[misc]
+                assert wait_for(lambda t=threshold: received() >= t, timeout=120)
             finally:
                 srv.kill()
             kills += 1
