@@ -155,16 +155,17 @@ class ServeProcess:
         self.port = options.pop("port", None) or free_port()
         self.spool = spool
         spool.mkdir(parents=True, exist_ok=True)
+        options.setdefault("primary_hostname", "mx.test")
         lines = [
             f'spool_directory = "{spool}"',
             f"daemon_smtp_ports = [{self.port}]",
-            'primary_hostname = "mx.test"',
         ]
         for key, value in options.items():
             lines.append(f"{key} = {_toml(value)}")
-        self.config_path = spool.parent / f"smtpedge-{self.port}.toml"
+        self.config_path = spool.parent / f"smtpedge-{spool.name}-{self.port}.toml"
         self.config_path.write_text("\n".join(lines) + "\n")
-        self.stderr = open(spool.parent / f"serve-{self.port}.err", "wb")
+        self.err_path = spool.parent / f"serve-{spool.name}-{self.port}.err"
+        self.stderr = open(self.err_path, "wb")
         log_file = spool / "log" / "main.log"
         self._log_start = log_file.stat().st_size if log_file.exists() else 0
         self.proc = subprocess.Popen(
@@ -183,7 +184,7 @@ class ServeProcess:
             if log.count(text) >= count:
                 return log
             if self.proc.poll() is not None:
-                err = (self.spool.parent / f"serve-{self.port}.err").read_text()
+                err = self.err_path.read_text()
                 raise RuntimeError(f"smtpedge serve exited ({self.proc.returncode}): {err}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{text!r} not logged {count} time(s) within {timeout}s")

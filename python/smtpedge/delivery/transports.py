@@ -272,6 +272,9 @@ class SMTPDelivery(Transport):
                         last[d.recipient.address] = d
                     else:
                         final.append(d)
+                if pending:
+                    why = last[pending[0].address]
+                    logger.info("%s H=%s: %s (%s)", job.queue_id, target, why.text, why.error)
         final.extend(last[r.address] for r in pending if r.address in last)
         done = {d.recipient.address for d in final}
         final.extend(Delivered(r, "deferred", "4.4.1", "no host could be tried", "timeout")
