@@ -26,6 +26,15 @@ def server_tables(run: dict[str, Any]) -> None:
             name = b["name"].split("[", 1)[1].rstrip("]")
             name = name.rsplit("-", 2)[0]  # drop "-new-connections" / "-reused-connections"
             rates[b["group"]][name] = b["extra_info"]["messages"] / b["stats"]["median"]
+        elif b["group"] == "queue runner memory":
+            info = b["extra_info"]
+            print(
+                "queue runner, allocation peak of a delivery run: "
+                + ", ".join(
+                    f"{v:.2f} MB with {k.rsplit('_', 1)[1]} queued" for k, v in info.items()
+                )
+                + "\n"
+            )
         elif b["group"] == "idle connections":
             info = b["extra_info"]
             before, after = info["rss_before_mb"], info["rss_after_mb"]
@@ -33,13 +42,14 @@ def server_tables(run: dict[str, Any]) -> None:
                   f"{after:.1f} MB after\n")  # fmt: skip
     for group in sorted(rates):
         rows = rates[group]
-        durable, discard = rows.get("aiosmtpd-durable"), rows.get("aiosmtpd-discard")
-        print(f"| {group} | messages/s | vs aiosmtpd durable | vs aiosmtpd discarding |")
-        print("|---|---:|---:|---:|")
+        bases = [rows.get("postfix-durable"), rows.get("aiosmtpd-durable"),
+                 rows.get("aiosmtpd-discard")]  # fmt: skip
+        print(f"| {group} | messages/s | vs Postfix durable | vs aiosmtpd durable "
+              "| vs aiosmtpd discarding |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|")
         for name, rate in sorted(rows.items(), key=lambda kv: -kv[1]):
-            a = f"{rate / durable:.2f}x" if durable else ""
-            b = f"{rate / discard:.2f}x" if discard else ""
-            print(f"| {name} | {rate:,.0f} | {a} | {b} |")
+            ratios = " | ".join(f"{rate / b:.2f}x" if b else "" for b in bases)
+            print(f"| {name} | {rate:,.0f} | {ratios} |")
         plain, v2 = rows.get("smtpedge-via-haproxy"), rows.get("smtpedge-via-haproxy-proxy-v2")
         if plain and v2:
             print(f"\nPROXY v2 through haproxy: {v2:,.0f} vs {plain:,.0f} messages/s without "
@@ -47,20 +57,56 @@ def server_tables(run: dict[str, Any]) -> None:
         print()
 
 
+def relay_tables(run: dict[str, Any]) -> None:
+    """Messages per second through accept, queue and delivery, and the
+    queue runner's own cost per delivery."""
+    rows = {label(b["name"]): b for b in run["benchmarks"]
+            if b["group"] == "relay through the whole path"}  # fmt: skip
+    rate = {n: b["extra_info"]["messages"] / b["stats"]["median"] for n, b in rows.items()}
+    if rate:
+        postfix = rate.get("postfix")
+        print("| relay to a smarthost | messages/s | vs Postfix | server CPU per message |")
+        print("|---|---:|---:|---:|")
+        for name, r in sorted(rate.items(), key=lambda kv: -kv[1]):
+            ratio = f"{r / postfix:.2f}x" if postfix else ""
+            cpu = rows[name]["extra_info"]["server_cpu_us_per_message"]
+            print(f"| {name} | {r:,.0f} | {ratio} | {cpu:,.0f} us |")
+        print()
+    for b in run["benchmarks"]:
+        if b["group"] == "queue runner, deliveries":
+            info = b["extra_info"]
+            print(
+                f"queue runner alone: {info['messages'] / b['stats']['median']:,.0f} deliveries/s"
+                f", {info['runner_cpu_us_per_delivery']:,.0f} us CPU per delivery\n"
+            )
+
+
+_SPECIAL = (
+    "idle connections",
+    "queue runner memory",
+    "relay through the whole path",
+    "queue runner, deliveries",
+)
+
+
 def main(path: str) -> int:
     with open(path, encoding="utf-8") as f:
         run = json.load(f)
+    for b in run["benchmarks"]:
+        b["group"] = b["group"] or label(b["name"])
     server_tables(run)
+    relay_tables(run)
     groups: dict[str, dict[str, float]] = defaultdict(dict)
     for b in run["benchmarks"]:
-        if b["group"].startswith("server") or b["group"] == "idle connections":
+        if b["group"].startswith("server") or b["group"] in _SPECIAL:
             continue
         groups[b["group"]][label(b["name"])] = b["stats"]["median"]
     print("| group | implementation | median | vs rust (or plain) |")
     print("|---|---|---:|---:|")
     for group in sorted(groups):
         rows = groups[group]
-        base_name = "rust" if "rust" in rows else "plain"
+        # Against the Rust backend, the plain variant, or the smallest queue.
+        base_name = next((n for n in ("rust", "plain", "1000-queued") if n in rows), "")
         rust = rows.get(base_name)
         for impl, median in sorted(rows.items(), key=lambda kv: kv[1]):
             ratio = f"{median / rust:.2f}x" if rust and impl != base_name else ""

@@ -1,7 +1,8 @@
 """Server throughput under Postfix's smtp-source, every server in one run:
 smtpedge (durable queue; asyncio, uvloop, two workers; through haproxy with
 and without PROXY v2), aiosmtpd 1.4.6 writing and fsyncing each message,
-aiosmtpd discarding, and Postfix's smtp-sink as the C baseline.
+aiosmtpd discarding, Postfix's smtpd writing into its own queue (durable,
+its queue manager stopped) and Postfix's smtp-sink as the C baseline.
 
 smtp-source sends MESSAGES messages of 2 KB over 20 parallel sessions, either
 a new connection per message or reusing connections (-d). Each benchmark's
@@ -14,10 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,75 +24,25 @@ from typing import Any
 
 import pytest
 
+from procs import HERE, Postfix, Proc, cpu_seconds, free_port, run_source, smtpedge, tool
+
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "5000"))
-SESSIONS = 20
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name, path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
-    if path is None:
-        pytest.fail(f"{name} is missing: run scripts/install-peers")
-    return path
-
-
-class Proc:
-    def __init__(self, args: list[str], port: int, **kw: Any) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     **kw)  # fmt: skip
-        _wait(port)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def smtpedge(tmp: Path, **options: Any) -> Proc:
-    port = _free_port()
-    lines = [f'spool_directory = "{tmp}"', f"daemon_smtp_ports = [{port}]",
-             'log_file_path = "-"', "smtp_accept_max = 20000"]  # fmt: skip
-    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in options.items()]
-    cfg = tmp / "bench.toml"
-    cfg.write_text("\n".join(lines) + "\n")
-    return Proc([sys.executable, "-m", "smtpedge", "serve", "--config", str(cfg)], port)
 
 
 def aiosmtpd(tmp: Path, mode: str) -> Proc:
-    port = _free_port()
+    port = free_port()
     return Proc([sys.executable, str(HERE / "aiosmtpd_server.py"), str(port), mode, str(tmp)],
                 port)  # fmt: skip
 
 
 def smtp_sink() -> Proc:
-    port = _free_port()
-    return Proc([_tool("smtp-sink"), "-u", "nobody", f"127.0.0.1:{port}", "1000"], port)
+    port = free_port()
+    return Proc([tool("smtp-sink"), "-u", "nobody", f"127.0.0.1:{port}", "1000"], port)
 
 
 def haproxy(tmp: Path, target: int, send_proxy: bool) -> Proc:
-    port = _free_port()
+    port = free_port()
     cfg = tmp / "haproxy.cfg"
     option = " send-proxy-v2" if send_proxy else ""
     cfg.write_text(
@@ -104,7 +51,24 @@ def haproxy(tmp: Path, target: int, send_proxy: bool) -> Proc:
         f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
         f"backend b\n    server s 127.0.0.1:{target}{option}\n"
     )
-    return Proc([_tool("haproxy"), "-db", "-f", str(cfg)], port)
+    return Proc([tool("haproxy"), "-db", "-f", str(cfg)], port)
+
+
+class PostfixProc:
+    """Postfix's smtpd and cleanup writing into its own queue, durably; its
+    queue manager does not run, so nothing leaves."""
+
+    def __init__(self) -> None:
+        # No flow control: with no queue manager to hand out tokens, smtpd
+        # would pause in_flow_delay (1s) before each message.
+        self.postfix = Postfix(qmgr=False, extra={"in_flow_delay": "0s"})
+        self.port = self.postfix.port
+        self.proc = self.postfix.proc
+
+    def stop(self) -> None:
+        queued = len(self.postfix.queued())
+        self.postfix.stop()
+        assert queued >= MESSAGES, f"Postfix queued {queued} messages"
 
 
 def _has_uvloop() -> bool:
@@ -115,22 +79,13 @@ def _has_uvloop() -> bool:
     return True
 
 
-def run_source(port: int, reuse: bool) -> None:
-    args = [_tool("smtp-source"), "-s", str(SESSIONS), "-m", str(MESSAGES), "-l", "2048",
-            "-f", "bench@example.org", "-t", "sink@example.net",
-            "-M", "source.example"]  # fmt: skip
-    if reuse:
-        args.append("-d")
-    done = subprocess.run([*args, f"127.0.0.1:{port}"], capture_output=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-
-
 SERVERS = [
     "smtpedge-durable",
     "smtpedge-durable-uvloop",
     "smtpedge-durable-2-workers",
     "smtpedge-via-haproxy",
     "smtpedge-via-haproxy-proxy-v2",
+    "postfix-durable",
     "aiosmtpd-durable",
     "aiosmtpd-discard",
     "smtp-sink",
@@ -140,11 +95,12 @@ SERVERS = [
 @pytest.fixture
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, list[int]]]:
     name: str = request.param
-    procs: list[Proc] = []
+    procs: list[Proc | PostfixProc] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         tmp = Path(d)
         if name.startswith("smtpedge"):
-            options: dict[str, Any] = {"event_loop": "asyncio"}
+            # Accepting only: the queue runner does not run.
+            options: dict[str, Any] = {"event_loop": "asyncio", "queue_only": True}
             if "uvloop" in name:
                 if not _has_uvloop():
                     pytest.skip("uvloop is not installed (pip install smtpedge[fast])")
@@ -160,6 +116,9 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, list[int
                 hp = haproxy(tmp, edge.port, "proxy-v2" in name)
                 procs.append(hp)
                 port = hp.port
+        elif name.startswith("postfix"):
+            procs.append(PostfixProc())
+            port = procs[-1].port
         elif name.startswith("aiosmtpd"):
             procs.append(aiosmtpd(tmp, name.split("-")[1]))
             port = procs[-1].port
@@ -180,26 +139,11 @@ def test_smtp_source(benchmark: Any, server: tuple[int, Path, list[int]], reuse:
     port, _, pids = server
     benchmark.group = f"server, {'reused' if reuse else 'new'} connections"
     benchmark.extra_info["messages"] = MESSAGES
-    cpu0 = _cpu_seconds(pids)
-    benchmark.pedantic(run_source, args=(port, reuse), rounds=ROUNDS, iterations=1)
+    cpu0 = cpu_seconds(pids)
+    benchmark.pedantic(run_source, args=(port, MESSAGES, reuse), rounds=ROUNDS, iterations=1)
     # CPU the server itself (not the client, not haproxy) spent per message.
-    cpu = _cpu_seconds(pids) - cpu0
+    cpu = cpu_seconds(pids) - cpu0
     benchmark.extra_info["server_cpu_us_per_message"] = cpu / (MESSAGES * ROUNDS) * 1e6
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User plus system time of these processes and their children."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        every = [pid]
-        kids = Path(f"/proc/{pid}/task/{pid}/children")
-        if kids.exists():
-            every += [int(p) for p in kids.read_text().split()]
-        for p in every:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def _rss_kb(pid: int) -> int:

@@ -111,6 +111,9 @@ def test_ret_full_returns_the_message_up_to_the_limit() -> None:
     full = parse_report(build_report(_message(ret="FULL"), _failed(), reporting_mta="mx.test")
                         .content)  # fmt: skip
     assert full.returned is not None and full.returned.endswith(b"body\r\n")
+    no_ret = parse_report(build_report(_message(ret=None), _failed(), reporting_mta="mx.test")
+                          .content)  # fmt: skip
+    assert no_ret.returned is not None and no_ret.returned.endswith(b"body\r\n"), "no RET: full"
     big = _message(ret="FULL", content=CONTENT + b"x" * 5000)
     report = build_report(big, _failed(), reporting_mta="mx.test", return_size_limit=1000)
     parsed = parse_report(report.content)

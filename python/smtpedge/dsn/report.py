@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -212,13 +213,16 @@ def build_report(
     if message.envid:
         about += f" (envelope ID {_clean(message.envid)})"
     about += f", received {_date(message.arrival)}, {_SAYS[action]}."
-    words = [about, ""]
+    words = [*textwrap.wrap(about, 72, break_long_words=False, break_on_hyphens=False), ""]
     for o in outcomes:
         words.append(f"  <{_clean(o.recipient)}>")
+        said = ""
         if o.remote_mta and o.diagnostic:
-            words.append(f"    {_clean(o.remote_mta)} said: " + _clean(" ".join(o.diagnostic)))
-        if o.text:
-            words.append(f"    {_clean(o.text)}")
+            said = f"{_clean(o.remote_mta)} said: " + _clean(" ".join(o.diagnostic))
+        for line in (said, _clean(o.text) if o.text else ""):
+            if line:
+                words += textwrap.wrap(line, 72, initial_indent="    ", subsequent_indent="      ",
+                                       break_long_words=False, break_on_hyphens=False)  # fmt: skip
         if o.will_retry_until is not None:
             words.append(f"    Delivery will be tried until {_date(o.will_retry_until)}.")
     words.append("")
@@ -256,7 +260,9 @@ def build_report(
 
     # Part 3: what RET asked for.
     content = message.content
-    full = action == "failed" and (message.ret or "").upper() == "FULL"
+    # A failure returns the whole message unless RET=HDRS asked for less (with
+    # no RET, as Exim and Postfix do: the sender sees what did not arrive).
+    full = action == "failed" and (message.ret or "FULL").upper() == "FULL"
     note = ""
     if full and len(content) > return_size_limit:
         full = False
