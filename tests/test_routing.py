@@ -74,12 +74,16 @@ def test_implicit_mx_null_mx_and_lookup_failures(dns: FakeDNS) -> None:
     null = _route(routing, "u@nomail.example")
     assert (null.kind, null.status) == ("fail", "5.1.10")
     missing = _route(routing, "u@no-such-domain.example")
-    assert (missing.kind, missing.status, missing.text) == ("fail", "5.1.1", "Unrouteable address")
+    assert (missing.kind, missing.status, missing.text) == ("fail", "5.1.2", "Unrouteable address")
     broken = _route(routing, "u@broken.example")
     assert (broken.kind, broken.status) == ("defer", "4.4.3")
     assert "DNS lookup of MX for broken.example failed" in broken.text
     dangling = _route(routing, "u@dangling.example")
     assert (dangling.kind, dangling.status) == ("fail", "5.1.2")
+    asked = len(dns.queries)
+    invalid = _route(routing, "u@nowhere.INVALID")
+    assert (invalid.kind, invalid.status) == ("fail", "5.1.2")
+    assert len(dns.queries) == asked, "RFC 6761: names under invalid. are never looked up"
 
 
 def test_an_mx_that_is_this_host(dns: FakeDNS) -> None:
@@ -211,3 +215,10 @@ def test_rcpt_verification_defers_when_dns_fails(tmp_path: Path) -> None:
             assert reply.startswith("451 4.4.3 DNS lookup of MX for hosted.example failed")
             c.cmd("QUIT")
             assert wait_for(lambda: "cannot verify" in srv.log)
+
+
+@pytest.mark.parametrize("server", ["dns.example", "127.0.0.1:x", "[::1]:99999"])
+def test_bad_name_servers_are_refused_naming_the_option(server: str) -> None:
+    config = Config.from_mapping({"dns_nameservers": [server]})
+    with pytest.raises(ConfigError, match="dns_nameservers"):
+        Routing.from_config(config, ["remote_smtp", "local_delivery"])

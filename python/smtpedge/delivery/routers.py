@@ -45,6 +45,7 @@ from typing import Any
 
 from smtpedge.config import Config, ConfigError
 from smtpedge.delivery.aliases import AliasError, Aliases, Redirect
+from smtpedge.delivery.dnssec import Lookup, SecureResolver
 from smtpedge.domainlist import DomainList, DomainListError, normalize_domain
 
 __all__ = [
@@ -76,12 +77,15 @@ DEFAULT_ROUTERS: tuple[dict[str, Any], ...] = (
 class Host:
     """A host to deliver to: its name (for the certificate check and the
     log), the address to connect to (None: look the name up when
-    connecting), the port, and its MX preference when it came from an MX."""
+    connecting), the port, its MX preference when it came from an MX, and
+    whether its address lookup was DNSSEC-secure (RFC 7672 needs that before
+    it looks for TLSA records)."""
 
     name: str
     address: str | None = None
     port: int | None = None
     mx: int | None = None
+    secure: bool = False
 
     def __str__(self) -> str:
         where = self.name if self.address in (None, self.name) else f"{self.name} [{self.address}]"
@@ -93,7 +97,8 @@ class Route:
     """What a router decided for an address. ``kind`` is ``accept`` (to
     ``transport``, to ``hosts`` for a remote transport), ``redirect`` (to
     ``targets``), ``blackhole``, ``fail`` or ``defer`` (with ``status`` and
-    ``text``)."""
+    ``text``). A router may also answer ``decline`` with a reason, which
+    ``Routing.route`` never returns: the next router is asked."""
 
     kind: str
     router: str
@@ -104,63 +109,50 @@ class Route:
     status: str = ""
     text: str = ""
     dsn_lasthop: bool = False
+    domain: str = ""  # the next-hop domain (dnslookup)
+    dnssec: bool = False  # its MX lookup (or implicit-MX denial) was DNSSEC-secure
 
 
 class Resolver:
-    """DNS lookups for the routers (dnspython, asynchronous). ``nameservers``
-    are ``address`` or ``address:port`` (``[v6]:port``); empty: the system's
-    resolv.conf."""
+    """DNS lookups for the routers (dnspython, asynchronous), DNSSEC-aware
+    (``smtpedge.delivery.dnssec``): every answer says whether it was
+    secure. ``nameservers`` are ``address`` or ``address:port``
+    (``[v6]:port``); empty: the system's resolv.conf. Names under
+    ``invalid.`` do not exist and are not looked up (RFC 6761)."""
 
     def __init__(self, nameservers: Sequence[str] = (), timeout: float = 10.0) -> None:
-        import dns.asyncresolver
-        import dns.nameserver
+        self.secure = SecureResolver(nameservers, timeout)
 
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            servers: list[Any] = []
-            for item in nameservers:
-                host = parse_host(item)
-                servers.append(dns.nameserver.Do53Nameserver(host.name.strip("[]"),
-                                                              host.port or 53))  # fmt: skip
-            self._resolver.nameservers = servers
-        else:
-            self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = timeout
+    async def lookup(self, name: str, rdtype: str) -> Lookup:
+        return await self.secure.lookup(name, rdtype)
 
     async def query(self, name: str, rdtype: str) -> tuple[str, list[Any]]:
         """``("ok", records)``, ``("nxdomain", [])``, ``("nodata", [])`` or
         ``("error", [reason])`` (a server failure or timeout: try later)."""
-        import dns.asyncresolver
-        import dns.exception
-        import dns.resolver
-
-        try:
-            answer = await self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            return "nxdomain", []
-        except dns.resolver.NoAnswer:
-            return "nodata", []
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            return "error", [str(exc) or type(exc).__name__]
-        except dns.exception.DNSException as exc:
-            return "error", [str(exc) or type(exc).__name__]
-        return "ok", list(answer)
+        found = await self.lookup(name, rdtype)
+        return _KINDS[found.kind], list(found.records) if not found.failed else [found.reason]
 
     async def addresses(self, name: str) -> tuple[str, list[str]]:
         """A and AAAA of a host: ``("ok", addresses)``, or as ``query``."""
-        found: list[str] = []
-        results = await asyncio.gather(self.query(name, "A"), self.query(name, "AAAA"))
-        errors = [r for r in results if r[0] == "error"]
-        for status, records in results:
-            if status == "ok":
-                found.extend(r.address for r in records)
+        status, found, _ = await self.secure_addresses(name)
+        return status, found
+
+    async def secure_addresses(self, name: str) -> tuple[str, list[str], bool]:
+        """As ``addresses``, and whether every answer was DNSSEC-secure."""
+        results = await asyncio.gather(self.lookup(name, "A"), self.lookup(name, "AAAA"))
+        found = [r.address for lk in results if lk.kind == "answer" for r in lk.records]
+        secure = all(lk.secure for lk in results)
+        failed = [lk for lk in results if lk.failed]
         if found:
-            return "ok", found
-        if errors:
-            return "error", errors[0][1]
-        if all(r[0] == "nxdomain" for r in results):
-            return "nxdomain", []
-        return "nodata", []
+            return "ok", found, secure and not failed
+        if failed:
+            return "error", [failed[0].reason], False
+        if all(lk.kind == "nxdomain" for lk in results):
+            return "nxdomain", [], secure
+        return "nodata", [], secure
+
+
+_KINDS = {"answer": "ok", "nxdomain": "nxdomain", "nodata": "nodata", "error": "error"}
 
 
 def parse_host(text: str) -> Host:
@@ -387,9 +379,10 @@ class Router:
             return self._accept(address, tuple(hosts))
         return await self._dnslookup(address, domain, routing)
 
-    def _accept(self, address: str, hosts: tuple[Host, ...] = ()) -> Route:
+    def _accept(self, address: str, hosts: tuple[Host, ...] = (), *, domain: str = "",
+                dnssec: bool = False) -> Route:  # fmt: skip
         return Route("accept", self.name, address, self.transport, hosts,
-                     dsn_lasthop=self.dsn_lasthop)  # fmt: skip
+                     dsn_lasthop=self.dsn_lasthop, domain=domain, dnssec=dnssec)  # fmt: skip
 
     def _redirect(self, address: str, local: str, domain: str) -> Route | None:
         if "data" in self.options:
@@ -429,12 +422,15 @@ class Router:
         if name is None or name.startswith("["):
             return None  # address literals are not looked up in the DNS
         resolver = routing.resolver
-        status, records = await resolver.query(name, "MX")
-        if status == "error":
+        mx = await resolver.lookup(name, "MX")
+        status, records = _KINDS[mx.kind], list(mx.records)
+        if mx.failed:
             return Route("defer", self.name, address, status="4.4.3",
-                         text=f"DNS lookup of MX for {name} failed: {records[0]}")  # fmt: skip
+                         text=f"DNS lookup of MX for {name} failed: {mx.reason}")  # fmt: skip
         if status == "nxdomain":
-            return None  # Exim: the domain does not exist, the router declines
+            # Exim: the domain does not exist, the router declines (saying why).
+            return Route("decline", self.name, address, status="5.1.2",
+                         text=f"domain {name} does not exist")  # fmt: skip
         mxs: list[tuple[int, str]] = []
         if status == "ok":
             for r in records:
@@ -459,13 +455,13 @@ class Router:
             ordered.extend((pref, t) for t in group)
         hosts: list[Host] = []
         deferred: str | None = None
-        lookups = await asyncio.gather(*(resolver.addresses(t) for _, t in ordered))
-        for (pref, target), (astatus, addresses) in zip(ordered, lookups, strict=True):
-            if astatus == "error":
+        lookups = await asyncio.gather(*(resolver.secure_addresses(t) for _, t in ordered))
+        for (pref, target), (astatus, addresses, secure) in zip(ordered, lookups, strict=True):
+            if astatus == "error":  # RFC 7672 2.2.2: a host whose addresses fail is skipped
                 deferred = f"DNS lookup of {target} failed: {addresses[0]}"
                 continue
             for a in addresses:
-                hosts.append(Host(target, a, None, None if pref < 0 else pref))
+                hosts.append(Host(target, a, None, None if pref < 0 else pref, secure))
         if not hosts:
             if deferred:
                 return Route("defer", self.name, address, status="4.4.3", text=deferred)
@@ -487,7 +483,7 @@ class Router:
                     return None
                 if mode == "defer":
                     return Route("defer", self.name, address, status="4.4.6", text=text)
-        return self._accept(address, tuple(hosts))
+        return self._accept(address, tuple(hosts), domain=name, dnssec=mx.secure)
 
 
 def _route_entry(text: str, where: str) -> tuple[DomainList, tuple[Host, ...]]:
@@ -525,7 +521,10 @@ class Routing:
         self.own_addresses = tuple(config.local_interfaces)
         self.named = {"local_domains": config.local_domains,
                       "relay_to_domains": config.relay_to_domains}  # fmt: skip
-        self.resolver = resolver or Resolver(config.dns_nameservers)
+        try:
+            self.resolver = resolver or Resolver(config.dns_nameservers)
+        except ValueError as exc:
+            raise ConfigError("dns_nameservers", str(exc)) from None
         self._own = {a for a in config.local_interfaces if _is_address(a)}
         if "0.0.0.0" in config.local_interfaces or "::" in config.local_interfaces:
             self._own.update(_host_addresses())
@@ -557,17 +556,22 @@ class Routing:
         local, _, domain = address.rpartition("@")
         if not local:
             local, domain = address, ""
+        declined: Route | None = None
         for router in self.routers:
             if router.name == skip or (verifying and not router.verify):
                 continue
             if not router.applies(local, domain, sender, self):
                 continue
             result = await router.route(address, sender, self)
+            if result is not None and result.kind == "decline":
+                declined, result = result, None
             if result is not None:
                 return result
             if router.no_more:
                 break
-        return Route("fail", "", address, status="5.1.1", text="Unrouteable address")
+        # Every router declined: the most specific reason known gives the status.
+        return Route("fail", "", address, status=declined.status if declined else "5.1.1",
+                     text="Unrouteable address")  # fmt: skip
 
 
 def _is_address(text: str) -> bool:

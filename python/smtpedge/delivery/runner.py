@@ -105,6 +105,18 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:400]
 
 
+_GAVE_UP = "retry time exceeded: "
+
+
+def _why(text: str, d: Delivered | None) -> str:
+    """The end of a failure's log line: the host and its whole reply when a
+    remote host answered (as Exim logs it), else the reason."""
+    if d is not None and d.reply is not None and not d.reply.local:
+        note = _GAVE_UP if text.startswith(_GAVE_UP) else ""
+        return f" H={d.remote_mta}: {note}" + _one_line(" ".join(d.reply.wire_lines()))
+    return ": " + _one_line(text)
+
+
 def _when(t: float | None) -> dt.datetime | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC)
 
@@ -274,7 +286,7 @@ class _Attempt:
         self.states = {s.idx: s for s in states}
         self.now = now
         self.changed: dict[int, RecipientState] = {}
-        self.groups: dict[tuple[str, tuple[object, ...]], _Group] = {}
+        self.groups: dict[tuple[str, tuple[object, ...], str], _Group] = {}
         self.expansions: list[RecipientState] = []
         self.reports: dict[str, list[Outcome]] = {}
         self.next_idx = max(self.states, default=-1) + 1
@@ -304,7 +316,8 @@ class _Attempt:
                 if transport is None:  # pragma: no cover - checked at start-up
                     self._defer(st, route, "4.3.5", f"no transport {route.transport!r}", "*")
                     continue
-                key = (transport.name, route.hosts)
+                # DANE's reference names depend on the next-hop domain.
+                key = (transport.name, route.hosts, route.domain if route.dnssec else "")
                 group = self.groups.setdefault(key, _Group(transport, route))
                 group.members.append((st, route))
             elif route.kind == "redirect":
@@ -363,8 +376,9 @@ class _Attempt:
 
     def _fail(self, st: RecipientState, route: Route, status: str, text: str,
               d: Delivered | None = None) -> None:  # fmt: skip
-        logger.info("%s ** <%s> R=%s%s: %s", self.msg.id, st.recipient.address, route.router,
-                    f" T={route.transport}" if d else "", _one_line(text))  # fmt: skip
+        logger.info("%s ** <%s>%s%s%s", self.msg.id, st.recipient.address,
+                    f" R={route.router}" if route.router else "",
+                    f" T={route.transport}" if d else "", _why(text, d))  # fmt: skip
         self._final(st, "failed", text, d.remote_mta if d else None)
         self.runner.stats.failed += 1
         self._report("failed", st, status, d=d, text=text)
@@ -381,13 +395,13 @@ class _Attempt:
         if decision.give_up:
             # The last error stays the most specific status known, made permanent.
             final = "5.4.7" if status in ("4.0.0", "5.0.0") else "5" + status[1:]
-            self._fail(st, route, final, f"retry time exceeded: {text}", d)
+            self._fail(st, route, final, f"{_GAVE_UP}{text}", d)
             return
         assert decision.next_attempt is not None
         nxt = decision.next_attempt.timestamp()
-        logger.info("%s == <%s> R=%s%s defer (%s): %s", self.msg.id, st.recipient.address,
+        logger.info("%s == <%s> R=%s%s defer (%s)%s", self.msg.id, st.recipient.address,
                     route.router, f" T={route.transport}" if route.transport else "", error,
-                    _one_line(text))  # fmt: skip
+                    _why(text, d))  # fmt: skip
         self.changed[st.idx] = replace(
             st, status="deferred", attempts=st.attempts + 1, first_failure=first,
             last_interval=decision.interval, next_attempt=nxt, last_attempt=self.now,
@@ -428,7 +442,8 @@ class _Attempt:
         groups = list(self.groups.values())
         jobs = [
             Job(msg.id, msg.sender, tuple(st.recipient for st, _ in g.members), self.content,
-                msg.raw_mail_params, msg.mail_params.smtputf8, g.route.hosts)
+                msg.raw_mail_params, msg.mail_params.smtputf8, g.route.hosts, g.route.domain,
+                g.route.dnssec)
             for g in groups
         ]  # fmt: skip
         results = await asyncio.gather(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpedge.config import Config, ConfigError, parse_duration
+from smtpedge.delivery.dnssec import SecureResolver
 from smtpedge.delivery.maildir import MaildirError, deliver
 from smtpedge.delivery.routers import Host
 from smtpedge.esmtp import Recipient
@@ -41,6 +43,7 @@ from smtpedge.sending import (
     SMTPClientError,
     TLSPolicy,
 )
+from smtpedge.tls.dane import TLSARecord, usable_records
 
 __all__ = [
     "DEFAULT_TRANSPORTS",
@@ -69,6 +72,8 @@ class Job:
     mail_params: tuple[tuple[str, str | None], ...] = ()
     smtputf8: bool = False
     hosts: tuple[Host, ...] = ()
+    domain: str = ""  # the next-hop domain the router looked up
+    dnssec: bool = False  # and whether its MX lookup was DNSSEC-secure
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +150,17 @@ _SMTP_OPTIONS = {
     "data_timeout", "max_rcpt", "hosts_max_try", "hosts_require_tls", "hosts_avoid_tls",
     "tls_verify_hosts", "tls_try_verify_hosts", "tls_verify_certificates",
     "tls_verify_cert_hostnames", "hosts_request_ocsp", "hosts_require_ocsp",
-    "connection_cache_time",
+    "connection_cache_time", "hosts_try_dane", "hosts_require_dane",
 }  # fmt: skip
 _MAILDIR_OPTIONS = {"driver", "directory"}
+
+
+def _literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _hostlist(options: Mapping[str, Any], key: str, default: Sequence[str], where: str) -> HostList:
@@ -167,6 +180,28 @@ def _number(options: Mapping[str, Any], key: str, default: float, where: str,
     if n <= 0:
         raise ConfigError(f"{where}.{key}", "must be more than 0")
     return n
+
+
+@dataclass(frozen=True, slots=True)
+class DanePlan:
+    """What DANE says for one host: ``none`` (not used: the usual TLS
+    policy), ``dane`` (TLS authenticated by ``usable`` records, checked
+    against ``names``), ``tls`` (TLS required, unauthenticated: every record
+    was unusable) or ``fail`` (the host cannot be used: ``reason``)."""
+
+    mode: str
+    records: tuple[TLSARecord, ...] = ()
+    usable: tuple[TLSARecord, ...] = ()
+    names: tuple[str, ...] = ()
+    reason: str = ""
+
+    def policy(self) -> TLSPolicy | None:
+        if self.mode == "dane":
+            return TLSPolicy(starttls="require", verify="none", request_ocsp=False,
+                             dane=self.usable, dane_names=self.names)  # fmt: skip
+        if self.mode == "tls":
+            return TLSPolicy(starttls="require", verify="none", request_ocsp=False)
+        return None
 
 
 class SMTPDelivery(Transport):
@@ -206,6 +241,10 @@ class SMTPDelivery(Transport):
         self.ca_file = None if ca == "system" else ca
         if self.ca_file is not None and not Path(self.ca_file).is_file():
             raise ConfigError(f"{where}.tls_verify_certificates", f"no file {self.ca_file}")
+        self.try_dane = _hostlist(options, "hosts_try_dane", ("*",), where)
+        self.require_dane = _hostlist(options, "hosts_require_dane", (), where)
+        self._dns: SecureResolver | None = None
+        self._nameservers = config.dns_nameservers
         self.max_per_host = config.remote_max_per_host
         self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._idle: dict[tuple[str, int], list[tuple[SMTPClient, float]]] = {}
@@ -227,6 +266,50 @@ class SMTPDelivery(Transport):
                          request_ocsp=on(self.request_ocsp) or require_ocsp,
                          require_ocsp=require_ocsp)  # fmt: skip
 
+    async def dane_for(self, host: Host, job: Job) -> DanePlan:
+        """RFC 7672 for one host: look for its TLSA records when DANE may be
+        used with it and its address came from a secure lookup."""
+
+        def on(hl: HostList) -> bool:
+            return bool(hl) and hl.match(host.address or host.name, hostname=host.name)
+
+        required, tried = on(self.require_dane), on(self.try_dane)
+        if not (required or tried) or _literal(host.name):
+            return DanePlan("none")
+        if not host.secure:
+            # An insecure address answer: no TLSA lookup at all (RFC 7672 2.2.2).
+            if required:
+                return DanePlan("fail", reason=f"the address of {host.name} is not "
+                                "DNSSEC-validated, and DANE is required")  # fmt: skip
+            return DanePlan("none")
+        if self._dns is None:
+            self._dns = SecureResolver(self._nameservers)
+        port = host.port or self.port
+        tlsa = await self._dns.lookup(f"_{port}._tcp.{host.name}", "TLSA")
+        if tlsa.failed:  # never "no TLSA": the host is unusable
+            return DanePlan("fail", reason=f"TLSA lookup for {host.name} failed ({tlsa.reason})")
+        if not tlsa.secure or tlsa.kind != "answer":
+            if required:
+                return DanePlan("fail", reason=f"no secure TLSA records for {host.name} "
+                                f"({tlsa.describe()}), and DANE is required")  # fmt: skip
+            return DanePlan("none")
+        records = tuple(TLSARecord(int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert))
+                        for r in tlsa.records)  # fmt: skip
+        usable = tuple(usable_records(records))
+        if not usable:
+            # Every record unusable: TLS is still required, unauthenticated
+            # (RFC 7672 section 2.2; Exim defers here).
+            if required:
+                return DanePlan("fail", reason=f"no usable TLSA records for {host.name}, "
+                                "and DANE is required")  # fmt: skip
+            return DanePlan("tls", records=records)
+        # Reference identifiers (RFC 7672 3.2.2): the TLSA base domain, and the
+        # next-hop domain when its MX lookup was secure.
+        names = [host.name]
+        if job.dnssec and job.domain and job.domain != host.name:
+            names.append(job.domain)
+        return DanePlan("dane", records=records, usable=usable, names=tuple(names))
+
     async def _addresses(self, host: Host) -> list[str]:
         if host.address is not None:
             return [host.address]
@@ -246,9 +329,20 @@ class SMTPDelivery(Transport):
             return [Delivered(r, "deferred", "4.3.5", f"no hosts for transport {self.name}")
                     for r in pending]  # fmt: skip
         tried = 0
+        plans: dict[tuple[str, int | None], DanePlan] = {}
         for host in hosts:
             if not pending or tried >= self.hosts_max_try:
                 break
+            key = (host.name, host.port)
+            if key not in plans:
+                plans[key] = await self.dane_for(host, job)
+            plan = plans[key]
+            if plan.mode == "fail":
+                for r in pending:
+                    last[r.address] = Delivered(r, "deferred", "4.7.5", plan.reason,
+                                                "tls_required", detail=f"H={host}")  # fmt: skip
+                logger.info("%s H=%s: %s", job.queue_id, host, plan.reason)
+                continue
             addresses = await self._addresses(host)
             if not addresses:
                 for r in pending:
@@ -260,11 +354,11 @@ class SMTPDelivery(Transport):
                 if not pending or tried >= self.hosts_max_try:
                     break
                 tried += 1
-                target = Host(host.name, address, host.port or self.port, host.mx)
+                target = Host(host.name, address, host.port or self.port, host.mx, host.secure)
                 results = []
                 for i in range(0, len(pending), self.max_rcpt):
                     batch = tuple(pending[i : i + self.max_rcpt])
-                    results.extend(await self._to_host(job, batch, target))
+                    results.extend(await self._to_host(job, batch, target, plan))
                 pending = []
                 for d in results:
                     if d.state == "deferred" and d.error != "rcpt_4xx":
@@ -283,19 +377,22 @@ class SMTPDelivery(Transport):
 
     # -- one host ---------------------------------------------------------------------
 
-    async def _to_host(self, job: Job, recipients: tuple[Recipient, ...],
-                       host: Host) -> list[Delivered]:  # fmt: skip
+    async def _to_host(self, job: Job, recipients: tuple[Recipient, ...], host: Host,
+                       plan: DanePlan) -> list[Delivered]:  # fmt: skip
         assert host.address is not None and host.port is not None
         key = (host.address, host.port)
         slot = self._slots.setdefault(key, asyncio.Semaphore(self.max_per_host))
         message = OutgoingMessage(job.sender, recipients, job.content, job.mail_params,
                                   job.smtputf8)  # fmt: skip
         async with slot:
-            policy = self.policy_for(host, host.address)
+            # With DANE in use, the other TLS options do not apply (as in Exim).
+            policy = plan.policy() or self.policy_for(host, host.address)
             client = self._take_idle(key)
             try:
                 if client is None:
                     client = await self._connect(host, policy)
+                    if client.dane is not None:
+                        logger.info("%s H=%s: %s", job.queue_id, host, client.dane.describe())
                 result = await client.send(message)
             except SMTPClientError as exc:
                 if client is not None:
@@ -343,8 +440,13 @@ class SMTPDelivery(Transport):
         detail = f"H={host}"
         if client.tls is not None:
             cv = {True: "yes", False: "no", None: "none"}[client.tls_verified]
+            if client.dane is not None:
+                cv = "dane"
             detail += f" X={client.tls.version}:{client.tls.cipher} CV={cv}"
-        detail += f" tls_out_ocsp={client.ocsp}"
+        if client.dane is not None:
+            detail += f" tls_out_dane=yes tls_out_tlsa_usage={client.dane.record.usage}"
+        else:
+            detail += f" tls_out_ocsp={client.ocsp}"
         out = []
         for rr in result.results:
             resp = rr.response

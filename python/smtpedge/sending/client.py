@@ -20,7 +20,10 @@ What it promises, whatever the server offers:
 - STARTTLS by ``TLSPolicy``: opportunistic by default, or required; the
   certificate chain verified against a CA file or the system store, and the
   name checked with ``smtpedge.certnames`` (RFC 6125); SNI sent; an OCSP
-  staple asked for and verified with ``smtpedge.tls.ocsp``.
+  staple asked for and verified with ``smtpedge.tls.ocsp``. Or DANE
+  (RFC 7672): with TLSA records in the policy, TLS is required, SNI carries
+  the TLSA base domain, and the chain must match a record
+  (``smtpedge.tls.dane``); CA files and OCSP do not apply then.
 - Timeouts for connecting, for each reply, and for the reply to the data.
 
 Failures of the connection itself (it cannot be made, a timeout, TLS that
@@ -46,6 +49,7 @@ from smtpedge import certnames, xtext
 from smtpedge.errors import SmtpedgeError, TLSError
 from smtpedge.esmtp import Recipient
 from smtpedge.protocol.client import ClientConnection, Extensions, RemoteProtocolError, Response
+from smtpedge.tls import dane as _dane
 from smtpedge.tls import ocsp
 from smtpedge.tls.engine import TLSEngine, TLSInfo
 
@@ -108,6 +112,11 @@ class TLSPolicy:
       must name the host we looked up.
     - ``request_ocsp`` (``hosts_request_ocsp``), ``require_ocsp``
       (``hosts_require_ocsp``: no verified staple, no delivery).
+    - ``dane``: usable TLSA records (RFC 7672): the chain must match one of
+      them; ``dane_names`` are the reference identifiers for DANE-TA, the
+      first being the TLSA base domain (also sent as SNI). ``starttls``
+      must then be "require"; ``verify``, ``ca_file``, ``check_hostname``
+      and the OCSP options do not apply.
     """
 
     starttls: str = "opportunistic"
@@ -116,6 +125,8 @@ class TLSPolicy:
     check_hostname: bool = True
     request_ocsp: bool = True
     require_ocsp: bool = False
+    dane: tuple[_dane.TLSARecord, ...] = ()
+    dane_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.starttls not in ("opportunistic", "require", "never"):
@@ -124,6 +135,8 @@ class TLSPolicy:
             raise ValueError(f"verify must be none, try or require: {self.verify!r}")
         if self.require_ocsp and self.starttls == "never":
             raise ValueError("require_ocsp needs TLS")
+        if self.dane and (self.starttls != "require" or not self.dane_names):
+            raise ValueError("DANE needs starttls='require' and the reference names")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +186,7 @@ class _TLSState:
     ocsp: str = "notreq"  # Exim's $tls_out_ocsp
     staple: bytes | None = None
     chain_errors: list[str] = field(default_factory=list)
+    dane: _dane.Match | None = None
 
 
 class SMTPClient:
@@ -227,6 +241,11 @@ class SMTPClient:
     @property
     def tls_failure(self) -> str | None:
         return self._tls.failure
+
+    @property
+    def dane(self) -> _dane.Match | None:
+        """The TLSA record the server's chain matched (DANE was used)."""
+        return self._tls.dane
 
     @property
     def ocsp(self) -> str:
@@ -310,10 +329,11 @@ class SMTPClient:
                 await self.quit()
                 raise _error(451, "4.7.10", f"STARTTLS refused ({resp}), and TLS is required")
             return
-        name = self.server_name
+        name = policy.dane_names[0] if policy.dane else self.server_name
         sni = None if _is_address(name) else name
+        request_ocsp = policy.request_ocsp and not policy.dane
         engine = TLSEngine(self._context(), server_side=False, server_hostname=sni,
-                           request_ocsp=policy.request_ocsp)  # fmt: skip
+                           request_ocsp=request_ocsp)  # fmt: skip
         try:
             await self._handshake(engine)
         except (TLSError, ConnectionError) as exc:
@@ -324,6 +344,11 @@ class SMTPClient:
         self._engine = engine
         state = self._tls
         state.info = engine.info()
+        if policy.dane:
+            await self._check_dane(state.info)
+            self._proto = ClientConnection()
+            await self._hello()
+            return
         problem = self._check_certificate(state.info)
         if policy.verify != "none":
             state.verified = problem is None
@@ -345,10 +370,25 @@ class SMTPClient:
         self._proto = ClientConnection()
         await self._hello()
 
+    async def _check_dane(self, info: TLSInfo) -> None:
+        """RFC 7672: the chain must match a TLSA record, or no delivery."""
+        state, policy = self._tls, self.policy
+        chain = list(info.peer_chain) or (
+            [info.peer_certificate] if info.peer_certificate is not None else []
+        )
+        try:
+            state.dane = _dane.verify_chain(chain, policy.dane, policy.dane_names)
+        except _dane.DaneFailure as exc:
+            state.verified, state.failure = False, f"DANE: {exc.reason}"
+            await self.quit()
+            raise _error(451, "4.7.5", f"DANE verification of {self._where()} failed: "
+                         f"{exc.reason}") from None  # fmt: skip
+        state.verified = True
+
     def _context(self) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        if self.policy.verify != "none":
+        if self.policy.verify != "none" and not self.policy.dane:
             if self.policy.ca_file:
                 ctx.load_verify_locations(self.policy.ca_file)
             else:
@@ -361,7 +401,7 @@ class SMTPClient:
             return True  # decide after the handshake, by policy
 
         ctx.set_verify(SSL.VERIFY_PEER, on_verify)
-        if self.policy.request_ocsp:
+        if self.policy.request_ocsp and not self.policy.dane:
 
             def on_ocsp(conn: SSL.Connection, data: bytes, _: object) -> bool:
                 self._tls.staple = data or None
