@@ -83,7 +83,8 @@ def test_failure_report_holds_every_field() -> None:
     assert first.diagnostic_code == ("smtp", "550-5.1.1 No such user here 550 5.1.1 Really, none")
     assert first.last_attempt_date == LAST and first.will_retry_until is None
     assert second.original_recipient is None, "only when one was given"
-    assert second.remote_mta is None and second.diagnostic_code is None
+    assert second.remote_mta is None, "only when one was given"
+    assert second.diagnostic_code == ("x-smtpedge", "The message is too big."), "our own reason"
     assert "no such user here" in parsed.human.lower() and "too big" in parsed.human
     assert parsed.returned is not None and b"Subject: Quarterly figures" in parsed.returned
     assert b"body" not in parsed.returned, "RET=HDRS: the headers only"

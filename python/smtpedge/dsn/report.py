@@ -250,6 +250,10 @@ def build_report(
                 lines = [_clean(line) for line in o.diagnostic]
                 lines[0] = "smtp; " + lines[0]
                 block.append(_fold("Diagnostic-Code", lines))
+        elif o.text and o.action in ("failed", "delayed"):
+            # No remote host answered: RFC 3464 2.3.6 still wants a diagnostic
+            # for failed and delayed recipients; the reason is our own.
+            block.append(_fold("Diagnostic-Code", [f"X-smtpedge; {_clean(o.text)}"]))
         if o.last_attempt is not None:
             block.append(f"Last-Attempt-Date: {_date(o.last_attempt)}\r\n")
         if o.action == "delayed" and o.will_retry_until is not None:
