@@ -106,7 +106,9 @@ def main(path: str) -> int:
     for group in sorted(groups):
         rows = groups[group]
         # Against the Rust backend, the plain variant, or the smallest queue.
-        base_name = next((n for n in ("rust", "plain", "1000-queued") if n in rows), "")
+        base_name = next(
+            (n for n in ("rust", "plain", "1000-queued", "opportunistic") if n in rows), ""
+        )
         rust = rows.get(base_name)
         for impl, median in sorted(rows.items(), key=lambda kv: kv[1]):
             ratio = f"{median / rust:.2f}x" if rust and impl != base_name else ""

@@ -50,10 +50,15 @@ def _free_udp_port() -> int:
 
 class DNSLab:
     def __init__(self, zones: dict[str, tuple[str, str]], *,
-                 extra_stubs: dict[str, str] | None = None) -> None:  # fmt: skip
+                 extra_stubs: dict[str, str] | None = None,
+                 listen: tuple[str, int] | None = None) -> None:  # fmt: skip
         """``extra_stubs`` sends the queries for a name to another server
         (``{"slow.secure.lab": "127.0.0.1@5300"}``): a server that never
-        answers makes lookups under that name time out."""
+        answers makes lookups under that name time out. ``listen`` puts the
+        validating resolver on an address and port of its own (port 53, for
+        tools that only read resolv.conf); by default a free port of
+        127.0.0.1."""
+        self.listen = listen
         self.dir = Path(tempfile.mkdtemp(prefix="smtpedge-dnslab-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
@@ -88,7 +93,7 @@ class DNSLab:
     def _build(self, zones: dict[str, tuple[str, str]]) -> None:
         self.address = "127.0.0.1"
         self.nsd_port = _free_udp_port()
-        self.port = _free_udp_port()
+        self.host, self.port = self.listen or ("127.0.0.1", _free_udp_port())
         files: dict[str, Path] = {}
         parent = ["ns 300 IN A 127.0.0.1"]
         for name, (body, kind) in zones.items():
@@ -127,7 +132,7 @@ class DNSLab:
         unbound_conf = d / "unbound.conf"
         unbound_conf.write_text(
             "server:\n"
-            f"  interface: 127.0.0.1@{self.port}\n  port: {self.port}\n"
+            f"  interface: {self.host}@{self.port}\n  port: {self.port}\n"
             "  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n"
             '  so-reuseport: no\n  num-threads: 1\n  username: ""\n  chroot: ""\n'
             f'  directory: "{d}"\n  pidfile: "{d}/unbound.pid"\n'
@@ -167,7 +172,7 @@ class DNSLab:
                 if p.poll() is not None:
                     raise RuntimeError(f"a DNS lab daemon exited: {self.logs()}")
             try:
-                r = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=0.5)
+                r = dns.query.udp(query, self.host, port=self.port, timeout=0.5)
                 if r.answer and r.flags & dns.flags.AD:
                     return
             except (OSError, dns.exception.Timeout):
@@ -178,7 +183,14 @@ class DNSLab:
 
     @property
     def resolver(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    def resolv_conf(self) -> Path:
+        """A resolv.conf naming the resolver (it must listen on port 53),
+        trusting its AD bit."""
+        path = self.dir / "resolv.conf"
+        path.write_text(f"nameserver {self.host}\noptions trust-ad edns0\n")
+        return path
 
     def logs(self) -> str:
         out = []

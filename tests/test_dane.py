@@ -131,7 +131,7 @@ def test_expiry_matters_below_a_trust_anchor_only() -> None:
     chain = [expired.cert, ca.cert]
     # DANE-EE(3): no expiry check, no name check (RFC 7672 3.1.1).
     match = verify_chain(chain, [_tlsa(3, 1, expired.cert)], ["elsewhere.example"])
-    assert match.describe().startswith("Matched DANE EE public key at depth 0: 3 1 1 ")
+    assert match.describe().startswith("Matched DANE EE certificate at depth 0: 3 1 1 ")
     # DANE-TA(2): the chain below the anchor must be valid now.
     with pytest.raises(DaneFailure) as failed:
         verify_chain(chain, [_tlsa(2, 0, ca.cert)], ["mx.example.net"])

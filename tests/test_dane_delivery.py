@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dnslab import DNSLab
 from pki import Issued, issue, make_ca, write_pair
-from serverutil import Client, ServeProcess, free_port
+from serverutil import Client, ServeProcess, free_port, peer
 from test_dnssec import _Silent
 
 
@@ -30,6 +32,21 @@ def _digest(cert: x509.Certificate, selector: int) -> str:
     data = (cert.public_bytes(serialization.Encoding.DER) if selector == 0
             else cert.public_key().public_bytes(serialization.Encoding.DER, spki))  # fmt: skip
     return hashlib.sha256(data).hexdigest()
+
+
+def _resolver_address() -> str:
+    """A loopback address whose port 53 is free: posttls-finger reads only
+    resolv.conf, which names no port."""
+    for last in range(1, 255):
+        address = f"127.0.53.{last}"
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind((address, 53))
+        except OSError:
+            continue
+        return address
+    raise RuntimeError("no loopback address with port 53 free")
 
 
 def _port_free_everywhere(addresses: list[str]) -> int:
@@ -51,6 +68,7 @@ class Hop:
     dns_names: list[str]  # on its certificate
     tlsa: list[str]  # TLSA records, "{ee}" and "{ca}" filled in
     zone: str = "sec.lab"
+    tlsa_owner: str | None = None  # where the TLSA records are (default: name)
 
 
 HOPS = [
@@ -66,11 +84,17 @@ HOPS = [
     Hop("mx-notlsa", "127.0.0.37", ["mx-notlsa.sec.lab"], []),
     Hop("mx-slow", "127.0.0.38", ["mx-slow.sec.lab"], []),
     Hop("mx", "127.0.0.40", ["mx.plain.lab"], ["3 1 1 " + "00" * 32], zone="plain.lab"),
+    # CNAME'd MX hosts (mx-alias -> mx-real, mx-alias2 -> mx-real2): the TLSA
+    # records of the expanded name first, else those of the MX host name.
+    Hop("mx-real", "127.0.0.41", ["mx-real.sec.lab"], ["2 0 1 {ca}"]),
+    Hop("mx-real2", "127.0.0.42", ["mx-alias2.sec.lab"], ["2 0 1 {ca}"], tlsa_owner="mx-alias2"),
 ]
+CNAMES = ["mx-alias CNAME mx-real", "mx-alias2 CNAME mx-real2"]
 MX = {  # next-hop domain (in sec.lab) -> its MX records
     "ee": ["10 mx-ee"], "ta": ["10 mx-ta"], "taname": ["10 mx-taname"],
     "nexthop": ["10 mx-nh"], "wrong": ["10 mx-wrong"], "unusable": ["10 mx-unusable"],
     "pref": ["10 mx-notlsa", "20 mx-ee"], "slow": ["10 mx-slow"],
+    "alias": ["10 mx-alias"], "alias2": ["10 mx-alias2"],
 }  # fmt: skip
 
 
@@ -90,7 +114,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     port = _port_free_everywhere([h.address for h in HOPS])
     leaves = {h.name + h.zone: issue(ca, h.dns_names[0], kind="ec", dns=h.dns_names)
               for h in HOPS}  # fmt: skip
-    zones: dict[str, list[str]] = {"sec.lab": [], "plain.lab": ["@ MX 10 mx"]}
+    zones: dict[str, list[str]] = {"sec.lab": list(CNAMES), "plain.lab": ["@ MX 10 mx"]}
     for domain, mxs in MX.items():
         zones["sec.lab"] += [f"{domain} MX {mx}" for mx in mxs]
     for h in HOPS:
@@ -99,7 +123,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         for t in h.tlsa:
             record = t.format(ee=_digest(leaf, 1), ca=_digest(ca.cert, 0),
                               ca_spki=_digest(ca.cert, 1))  # fmt: skip
-            zones[h.zone].append(f"_{port}._tcp.{h.name} TLSA {record}")
+            zones[h.zone].append(f"_{port}._tcp.{h.tlsa_owner or h.name} TLSA {record}")
     silent = _Silent()
     hops: dict[str, ServeProcess] = {}
     try:
@@ -107,6 +131,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                      "old.lab": ("@ MX 10 mx\nmx A 127.0.0.39\n", "expired"),
                      "plain.lab": ("\n".join(zones["plain.lab"]), "unsigned")},
                     extra_stubs={"_tcp.mx-slow.sec.lab": f"127.0.0.1@{silent.port}"},
+                    listen=(_resolver_address(), 53),
                     ) as dns:  # fmt: skip
             for h in HOPS:
                 fqdn = f"{h.name}.{h.zone}"
@@ -125,18 +150,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         silent.close()
 
 
-def _send(lab: Lab, name: str, domain: str, *, wait: str, **transport: Any) -> str:
+def _send(lab: Lab, name: str, domain: str, *, wait: str, sender: str = "s@localhost",
+          retry: str = "* * F,1h,10m", **transport: Any) -> str:  # fmt: skip
     """Submit one message for ``u@domain`` to a sending smtpedge; return its
     log once ``wait`` is in it."""
     smtp = {"driver": "smtp", "port": lab.port, **transport}
     options = {"queue_only": False, "dns_nameservers": [lab.dns.resolver],
-               "transports": {"remote_smtp": smtp}, "retry_rules": ["* * F,1h,10m"],
-               "primary_hostname": "edge.test"}  # fmt: skip
+               "transports": {"remote_smtp": smtp}, "retry_rules": [retry],
+               "primary_hostname": "edge.test", "queue_poll_interval": "0.2s"}  # fmt: skip
     with ServeProcess(lab.tmp / f"edge-{name}", **options) as srv:
         c = Client(srv.port)
         c.reply()
         c.cmd("EHLO c.test")
-        assert c.send_message("s@localhost", [f"u@{domain}"], b"Subject: dane").startswith("250")
+        assert c.send_message(sender, [f"u@{domain}"], b"Subject: dane").startswith("250")
         c.cmd("QUIT")
         try:
             return srv.wait_log(wait, timeout=60)
@@ -150,7 +176,7 @@ def _received(lab: Lab, hop: str) -> str:
 
 def test_dane_ee_matched_whatever_the_names(lab: Lab) -> None:
     log = _send(lab, "ee", "ee.sec.lab", wait="=> <u@ee.sec.lab>")
-    assert "Matched DANE EE public key at depth 0: 3 1 1 " in log
+    assert "Matched DANE EE certificate at depth 0: 3 1 1 " in log
     assert "CV=dane tls_out_dane=yes tls_out_tlsa_usage=3" in log
     lab.hops["mx-ee.sec.lab"].wait_log("for <u@ee.sec.lab>")
 
@@ -163,7 +189,7 @@ def test_dane_ta_matched_with_the_right_name(lab: Lab) -> None:
 
 def test_dane_ta_with_the_next_hop_domain_as_the_name(lab: Lab) -> None:
     log = _send(lab, "nh", "nexthop.sec.lab", wait="=> <u@nexthop.sec.lab>")
-    assert "Matched DANE TA public key at depth 1: 2 1 1 " in log
+    assert "Matched DANE TA certificate at depth 1: 2 1 1 " in log
 
 
 @pytest.mark.parametrize(("domain", "why"), [
@@ -227,9 +253,10 @@ def test_dane_check_reports_a_verified_domain(lab: Lab) -> None:
     out = done.stdout
     assert out.startswith("ee.sec.lab: MX secure answer\n")
     assert "  mx-ee.sec.lab (MX 10)\n    addresses: A secure answer, AAAA secure NODATA\n" in out
-    assert "    TLSA: secure answer\n" in out and "DANE-EE(3) SPKI(1) SHA2-256(1)  usable" in out
+    assert f"    TLSA at _{lab.port}._tcp.mx-ee.sec.lab: secure answer\n" in out
+    assert "DANE-EE(3) SPKI(1) SHA2-256(1)  usable" in out
     assert "key rollover: not possible" in out
-    assert "[ok] 127.0.0.31: TLSv1.3 " in out and "Matched DANE EE public key at depth 0" in out
+    assert "[ok] 127.0.0.31: TLSv1.3 " in out and "Matched DANE EE certificate at depth 0" in out
     assert out.endswith("result: DANE verified for every MX host\n")
     report = json.loads(_check(lab, "ee.sec.lab", "--json").stdout)
     [host] = report["hosts"]
@@ -255,3 +282,59 @@ def test_dane_check_shows_ta_names_and_failures(lab: Lab) -> None:
         assert why in done.stdout and done.stdout.endswith("result: FAILED\n"), done.stdout
     unusable = _check(lab, "unusable.sec.lab").stdout
     assert "PKIX-TA(0) is not used with SMTP" in unusable and "unknown selector 7" in unusable
+
+
+def _posttls_finger(lab: Lab, domain: str) -> str:
+    """Postfix's posttls-finger with DANE, in a mount namespace whose
+    resolv.conf names the lab's resolver."""
+    conf = lab.tmp / "posttls-finger"
+    conf.mkdir(exist_ok=True)
+    (conf / "main.cf").write_text("compatibility_level = 3.6\nsmtp_dns_support_level = dnssec\n"
+                                  "meta_directory = /etc/postfix\n"
+                                  "shlib_directory = /usr/lib/postfix\n")  # fmt: skip
+    script = (
+        f"mount --bind {lab.dns.resolv_conf()} /etc/resolv.conf && "
+        f"exec {peer('posttls-finger')} -c -l dane -t 10 -T 10 '{domain}:{lab.port}'"
+    )
+    env = {**os.environ, "MAIL_CONFIG": str(conf)}
+    done = subprocess.run([peer("unshare"), "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120, env=env)  # fmt: skip
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("domain", ["ee.sec.lab", "ta.sec.lab", "nexthop.sec.lab",
+                                    "wrong.sec.lab", "taname.sec.lab", "alias.sec.lab",
+                                    "alias2.sec.lab"])  # fmt: skip
+def test_posttls_finger_agrees_with_dane_check(lab: Lab, domain: str) -> None:
+    theirs = _posttls_finger(lab, domain)
+    report = json.loads(_check(lab, domain, "--json").stdout)
+    ours = {a["match"].upper() for h in report["hosts"] for a in h["addresses"] if "match" in a}
+    matched = {m.upper() for m in re.findall(r"Matched DANE .*", theirs)}
+    assert ours == matched, theirs
+    assert report["ok"] == ("Verified TLS connection established" in theirs), theirs
+
+
+def test_the_failure_report_says_why_dane_failed(lab: Lab) -> None:
+    from smtpedge.dsn import parse_report
+
+    _send(lab, "report", "wrong.sec.lab", wait="failed report", sender="root@localhost",
+          retry="* * F,2s,1s")  # fmt: skip
+    new = lab.tmp / "edge-report" / "mail" / "root" / "new"
+    [report] = [parse_report(p.read_bytes()) for p in new.iterdir()]
+    [r] = report.recipients
+    assert (r.action, r.status) == ("failed", "5.7.5")
+    assert r.diagnostic_code is not None and r.diagnostic_code[0] == "x-smtpedge"
+    assert "DANE verification of mx-wrong.sec.lab [127.0.0.35]:" in r.diagnostic_code[1]
+    assert "no TLSA record matches the certificate chain" in r.diagnostic_code[1]
+
+
+def test_a_cname_mx_host_uses_the_expanded_names_tlsa_records(lab: Lab) -> None:
+    log = _send(lab, "alias", "alias.sec.lab", wait="=> <u@alias.sec.lab>")
+    assert "Matched DANE TA certificate at depth 1: 2 0 1 " in log
+    lab.hops["mx-real.sec.lab"].wait_log("for <u@alias.sec.lab>")
+    assert "TLS with" in lab.hops["mx-real.sec.lab"].log
+
+
+def test_a_cname_mx_host_without_records_at_the_target_uses_its_own(lab: Lab) -> None:
+    log = _send(lab, "alias2", "alias2.sec.lab", wait="=> <u@alias2.sec.lab>")
+    assert "Matched DANE TA certificate at depth 1: 2 0 1 " in log

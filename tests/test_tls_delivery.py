@@ -91,7 +91,7 @@ def test_every_host_failing_policy_defers(tmp_path: Path, ca: Issued) -> None:
     with FakeDNS(zone) as dns, _hop(tmp_path, "mx1.next.test", "127.0.0.2", port, ca, leaf):
         log = _deliver(tmp_path, ca, port, dns, hosts_require_ocsp=["*"])
     assert "== <u@next.test> R=dnslookup T=remote_smtp defer (tls_required)" in log
-    assert "no valid OCSP staple from 127.0.0.2" in log
+    assert "no valid OCSP staple from mx1.next.test [127.0.0.2]:" in log
     assert "=> <u@next.test>" not in log
 
 

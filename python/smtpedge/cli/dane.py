@@ -80,7 +80,7 @@ async def _probe(address: str, port: int, host: str, names: list[str],
 async def check(domain: str, resolver: SecureResolver, port: int = 25,
                 timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
     domain = domain.lower().rstrip(".")
-    report: dict[str, Any] = {"domain": domain, "hosts": [], "ok": False}
+    report: dict[str, Any] = {"domain": domain, "port": port, "hosts": [], "ok": False}
     mx = await resolver.lookup(domain, "MX")
     report["mx"] = mx.describe()
     if mx.failed:
@@ -103,7 +103,19 @@ async def check(domain: str, resolver: SecureResolver, port: int = 25,
             host["problem"] = "the address lookup is not secure: no TLSA lookup is made"
             all_ok = False
             continue
-        tlsa = await resolver.lookup(f"_{port}._tcp.{name}", "TLSA")
+        # The TLSA base domain: a secure CNAME chain's target first, then the
+        # name itself (RFC 7672 2.2.3), as the smtp transport looks.
+        steps = await resolver.cname_chain(name)
+        expanded = None
+        if steps and all(lk.secure for _, lk in steps):
+            expanded = steps[-1][1].records[0].target.to_text(omit_final_dot=True).lower()
+            host["cname"] = expanded
+        base = name
+        for base in [n for n in (expanded, name) if n]:
+            tlsa = await resolver.lookup(f"_{port}._tcp.{base}", "TLSA")
+            if tlsa.failed or (tlsa.secure and tlsa.kind == "answer"):
+                break
+        host["tlsa_base"] = base
         host["tlsa_lookup"] = tlsa.describe()
         if tlsa.failed:
             host["problem"] = "the TLSA lookup failed: a sender passes this host over"
@@ -123,10 +135,11 @@ async def check(domain: str, resolver: SecureResolver, port: int = 25,
         if not usable:
             host["problem"] = "no usable TLSA records: TLS without authentication"
             all_ok = False
-        names = [name] + ([domain] if mx.secure and mx.kind == "answer" and domain != name
-                          else [])  # fmt: skip
+        names = list(dict.fromkeys([base, name]))
+        if mx.secure and mx.kind == "answer" and domain not in names:
+            names.append(domain)
         for address in addresses:
-            probe = await _probe(address, port, name, names, usable, timeout)
+            probe = await _probe(address, port, base, names, usable, timeout)
             host["addresses"].append(probe)
             all_ok = all_ok and probe["ok"]
     report["ok"] = all_ok and bool(report["hosts"])
@@ -135,14 +148,17 @@ async def check(domain: str, resolver: SecureResolver, port: int = 25,
 
 def _print(report: dict[str, Any]) -> None:
     out = sys.stdout.write
+    port = report["port"]
     out(f"{report['domain']}: MX {report['mx']}\n")
     if "problem" in report:
         out(f"  ! {report['problem']}\n")
     for h in report["hosts"]:
         pref = f" (MX {h['preference']})" if h["preference"] is not None else " (no MX: itself)"
         out(f"  {h['name']}{pref}\n    addresses: {h['address_lookup']}\n")
+        if "cname" in h:
+            out(f"    an alias of {h['cname']} (secure CNAME)\n")
         if "tlsa_lookup" in h:
-            out(f"    TLSA: {h['tlsa_lookup']}\n")
+            out(f"    TLSA at _{port}._tcp.{h['tlsa_base']}: {h['tlsa_lookup']}\n")
         for r in h.get("records", []):
             state = "usable" if r["usable"] else f"unusable: {r['why']}"
             out(f"      {r['record'][:60]}{'...' if len(r['record']) > 60 else ''}  "

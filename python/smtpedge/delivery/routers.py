@@ -77,15 +77,18 @@ DEFAULT_ROUTERS: tuple[dict[str, Any], ...] = (
 class Host:
     """A host to deliver to: its name (for the certificate check and the
     log), the address to connect to (None: look the name up when
-    connecting), the port, its MX preference when it came from an MX, and
+    connecting), the port, its MX preference when it came from an MX,
     whether its address lookup was DNSSEC-secure (RFC 7672 needs that before
-    it looks for TLSA records)."""
+    it looks for TLSA records), and when the name is an alias whose CNAME
+    chain is secure, the name it expands to (the preferred TLSA base
+    domain, RFC 7672 section 2.2.3)."""
 
     name: str
     address: str | None = None
     port: int | None = None
     mx: int | None = None
     secure: bool = False
+    expanded: str | None = None  # the name a secure CNAME chain led to
 
     def __str__(self) -> str:
         where = self.name if self.address in (None, self.name) else f"{self.name} [{self.address}]"
@@ -136,6 +139,14 @@ class Resolver:
         """A and AAAA of a host: ``("ok", addresses)``, or as ``query``."""
         status, found, _ = await self.secure_addresses(name)
         return status, found
+
+    async def expansion(self, name: str) -> str | None:
+        """The name a CNAME chain from ``name`` ends at, when every step of
+        it is secure (None: ``name`` is no alias, or a step is insecure)."""
+        steps = await self.secure.cname_chain(name)
+        if not steps or not all(lookup.secure for _, lookup in steps):
+            return None
+        return str(steps[-1][1].records[0].target.to_text(omit_final_dot=True).lower())
 
     async def secure_addresses(self, name: str) -> tuple[str, list[str], bool]:
         """As ``addresses``, and whether every answer was DNSSEC-secure."""
@@ -460,8 +471,9 @@ class Router:
             if astatus == "error":  # RFC 7672 2.2.2: a host whose addresses fail is skipped
                 deferred = f"DNS lookup of {target} failed: {addresses[0]}"
                 continue
+            expanded = await resolver.expansion(target) if secure and addresses else None
             for a in addresses:
-                hosts.append(Host(target, a, None, None if pref < 0 else pref, secure))
+                hosts.append(Host(target, a, None, None if pref < 0 else pref, secure, expanded))
         if not hosts:
             if deferred:
                 return Route("defer", self.name, address, status="4.4.3", text=deferred)

@@ -24,7 +24,7 @@ import contextlib
 import ipaddress
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,9 +285,16 @@ class SMTPDelivery(Transport):
         if self._dns is None:
             self._dns = SecureResolver(self._nameservers)
         port = host.port or self.port
-        tlsa = await self._dns.lookup(f"_{port}._tcp.{host.name}", "TLSA")
-        if tlsa.failed:  # never "no TLSA": the host is unusable
-            return DanePlan("fail", reason=f"TLSA lookup for {host.name} failed ({tlsa.reason})")
+        # The TLSA base domain: the CNAME-expanded name first, then the name
+        # itself (RFC 7672 2.2.3); the first secure answer decides, and a
+        # failed lookup stops the search (the host is unusable).
+        base = host.name
+        for base in [n for n in (host.expanded, host.name) if n]:
+            tlsa = await self._dns.lookup(f"_{port}._tcp.{base}", "TLSA")
+            if tlsa.failed:  # never "no TLSA": the host is unusable
+                return DanePlan("fail", reason=f"TLSA lookup for {base} failed ({tlsa.reason})")
+            if tlsa.secure and tlsa.kind == "answer":
+                break
         if not tlsa.secure or tlsa.kind != "answer":
             if required:
                 return DanePlan("fail", reason=f"no secure TLSA records for {host.name} "
@@ -303,10 +310,11 @@ class SMTPDelivery(Transport):
                 return DanePlan("fail", reason=f"no usable TLSA records for {host.name}, "
                                 "and DANE is required")  # fmt: skip
             return DanePlan("tls", records=records)
-        # Reference identifiers (RFC 7672 3.2.2): the TLSA base domain, and the
-        # next-hop domain when its MX lookup was secure.
-        names = [host.name]
-        if job.dnssec and job.domain and job.domain != host.name:
+        # Reference identifiers (RFC 7672 3.2.2): the TLSA base domain (sent
+        # as SNI), the MX host name, and the next-hop domain when its MX
+        # lookup was secure.
+        names = list(dict.fromkeys([base, host.name]))
+        if job.dnssec and job.domain and job.domain not in names:
             names.append(job.domain)
         return DanePlan("dane", records=records, usable=usable, names=tuple(names))
 
@@ -354,7 +362,7 @@ class SMTPDelivery(Transport):
                 if not pending or tried >= self.hosts_max_try:
                     break
                 tried += 1
-                target = Host(host.name, address, host.port or self.port, host.mx, host.secure)
+                target = replace(host, address=address, port=host.port or self.port)
                 results = []
                 for i in range(0, len(pending), self.max_rcpt):
                     batch = tuple(pending[i : i + self.max_rcpt])

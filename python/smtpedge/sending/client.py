@@ -42,7 +42,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography import x509
 from OpenSSL import SSL
 
 from smtpedge import certnames, xtext
@@ -295,7 +294,10 @@ class SMTPClient:
         return banner
 
     def _where(self) -> str:
+        """``mx.example.net [192.0.2.1]:25`` (the name only when it differs)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.server_name != self.host:
+            return f"{self.server_name} [{self.host}]:{self.port}"
         return f"{host}:{self.port}"
 
     async def _hello(self) -> None:
@@ -434,14 +436,7 @@ class SMTPClient:
             return "no certificate"
         if not self.policy.check_hostname:
             return None
-        dns, ips = [], []
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = san.get_values_for_type(x509.DNSName)
-            ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-        except x509.ExtensionNotFound:
-            pass
-        cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        dns, cns, ips = _dane.certificate_names(cert)
         if certnames.verify_names(dns, cns, ips, self.server_name):
             return None
         shown = ", ".join(dns or cns or ips) or "none"

@@ -141,10 +141,12 @@ class Match:
     depth: int
 
     def describe(self) -> str:
-        """Postfix's wording: ``Matched DANE EE certificate at depth 0: 3 1 1 ...``."""
-        kind = "EE" if self.record.usage == DANE_EE else "TA"
-        what = "public key" if self.record.selector == 1 else "certificate"
-        return f"Matched DANE {kind} {what} at depth {self.depth}: {self.record}"
+        """Postfix's log wording, so that the two can be compared:
+        ``Matched DANE EE certificate at depth 0: 3 1 1 8E02DA...``."""
+        r = self.record
+        kind = "EE" if r.usage == DANE_EE else "TA"
+        return (f"Matched DANE {kind} certificate at depth {self.depth}: "
+                f"{r.usage} {r.selector} {r.mtype} {r.data.hex().upper()}")  # fmt: skip
 
 
 class DaneFailure(Exception):
