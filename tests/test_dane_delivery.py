@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,18 @@ def _resolver_address() -> str:
             continue
         return address
     raise RuntimeError("no loopback address with port 53 free")
+
+
+def _wait_listening(address: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _port_free_everywhere(addresses: list[str]) -> int:
@@ -88,13 +101,18 @@ HOPS = [
     # records of the expanded name first, else those of the MX host name.
     Hop("mx-real", "127.0.0.41", ["mx-real.sec.lab"], ["2 0 1 {ca}"]),
     Hop("mx-real2", "127.0.0.42", ["mx-alias2.sec.lab"], ["2 0 1 {ca}"], tlsa_owner="mx-alias2"),
+    # The recipient domain is an alias (nhalias -> nexthop2); the certificate
+    # names only the domain it expands to.
+    Hop("mx-nh2", "127.0.0.43", ["nexthop2.sec.lab"], ["2 1 1 {ca_spki}"]),
 ]
-CNAMES = ["mx-alias CNAME mx-real", "mx-alias2 CNAME mx-real2"]
+CNAMES = ["mx-alias CNAME mx-real", "mx-alias2 CNAME mx-real2", "nhalias CNAME nexthop2"]
+LDNS_HOPS = ("mx-ee", "mx-ta", "mx-taname", "mx-wrong")
 MX = {  # next-hop domain (in sec.lab) -> its MX records
     "ee": ["10 mx-ee"], "ta": ["10 mx-ta"], "taname": ["10 mx-taname"],
     "nexthop": ["10 mx-nh"], "wrong": ["10 mx-wrong"], "unusable": ["10 mx-unusable"],
     "pref": ["10 mx-notlsa", "20 mx-ee"], "slow": ["10 mx-slow"],
-    "alias": ["10 mx-alias"], "alias2": ["10 mx-alias2"],
+    "alias": ["10 mx-alias"], "alias2": ["10 mx-alias2"], "nexthop2": ["10 mx-nh2"],
+    "skipbad": ["10 mx.old.lab.", "20 mx-ee"],
 }  # fmt: skip
 
 
@@ -105,6 +123,7 @@ class Lab:
     hops: dict[str, ServeProcess]
     ca: Issued
     tmp: Path
+    tls_port: int
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +131,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("dane")
     ca = make_ca("DANE lab CA", kind="ec")
     port = _port_free_everywhere([h.address for h in HOPS])
+    # The same hosts serve TLS on connect on a second port, with the same TLSA
+    # records there, for ldns-dane (which has no STARTTLS).
+    tls_port = _port_free_everywhere([h.address for h in HOPS])
     leaves = {h.name + h.zone: issue(ca, h.dns_names[0], kind="ec", dns=h.dns_names)
               for h in HOPS}  # fmt: skip
-    zones: dict[str, list[str]] = {"sec.lab": list(CNAMES), "plain.lab": ["@ MX 10 mx"]}
+    zones: dict[str, list[str]] = {
+        "sec.lab": list(CNAMES),
+        "plain.lab": ["@ MX 10 mx", "hostonly MX 10 mx-ee.sec.lab."],
+    }
     for domain, mxs in MX.items():
         zones["sec.lab"] += [f"{domain} MX {mx}" for mx in mxs]
     for h in HOPS:
@@ -123,9 +148,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         for t in h.tlsa:
             record = t.format(ee=_digest(leaf, 1), ca=_digest(ca.cert, 0),
                               ca_spki=_digest(ca.cert, 1))  # fmt: skip
-            zones[h.zone].append(f"_{port}._tcp.{h.tlsa_owner or h.name} TLSA {record}")
+            for on in (port, tls_port):
+                zones[h.zone].append(f"_{on}._tcp.{h.tlsa_owner or h.name} TLSA {record}")
     silent = _Silent()
     hops: dict[str, ServeProcess] = {}
+    tls_servers: list[subprocess.Popen[bytes]] = []
     try:
         with DNSLab({"sec.lab": ("\n".join(zones["sec.lab"]), "signed"),
                      "old.lab": ("@ MX 10 mx\nmx A 127.0.0.39\n", "expired"),
@@ -143,10 +170,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                                              "transport": "local_delivery"}])  # fmt: skip
                 ServeProcess.live.discard(srv)  # kept for the whole module
                 hops[fqdn] = srv
-            yield Lab(dns, port, hops, ca, tmp)
+                if h.name in LDNS_HOPS:
+                    (tmp / f"{fqdn}.ca").write_bytes(ca.pem())
+                    tls_servers.append(subprocess.Popen(
+                        [peer("openssl"), "s_server", "-quiet", "-naccept", "1000",
+                         "-accept", f"{h.address}:{tls_port}", "-cert", str(cert),
+                         "-cert_chain", str(tmp / f"{fqdn}.ca"), "-key", str(key)],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL))  # fmt: skip
+                    _wait_listening(h.address, tls_port)
+            yield Lab(dns, port, hops, ca, tmp, tls_port)
     finally:
         for srv in hops.values():
             srv.stop()
+        for server in tls_servers:
+            server.terminate()
+            server.wait(10)
         silent.close()
 
 
@@ -177,7 +216,7 @@ def _received(lab: Lab, hop: str) -> str:
 def test_dane_ee_matched_whatever_the_names(lab: Lab) -> None:
     log = _send(lab, "ee", "ee.sec.lab", wait="=> <u@ee.sec.lab>")
     assert "Matched DANE EE certificate at depth 0: 3 1 1 " in log
-    assert "CV=dane tls_out_dane=yes tls_out_tlsa_usage=3" in log
+    assert "CV=dane tls_out_dane=yes tls_out_tlsa_usage=3" in log, "a secure MX: the domain too"
     lab.hops["mx-ee.sec.lab"].wait_log("for <u@ee.sec.lab>")
 
 
@@ -304,7 +343,7 @@ def _posttls_finger(lab: Lab, domain: str) -> str:
 
 @pytest.mark.parametrize("domain", ["ee.sec.lab", "ta.sec.lab", "nexthop.sec.lab",
                                     "wrong.sec.lab", "taname.sec.lab", "alias.sec.lab",
-                                    "alias2.sec.lab"])  # fmt: skip
+                                    "alias2.sec.lab", "nhalias.sec.lab"])  # fmt: skip
 def test_posttls_finger_agrees_with_dane_check(lab: Lab, domain: str) -> None:
     theirs = _posttls_finger(lab, domain)
     report = json.loads(_check(lab, domain, "--json").stdout)
@@ -338,3 +377,45 @@ def test_a_cname_mx_host_uses_the_expanded_names_tlsa_records(lab: Lab) -> None:
 def test_a_cname_mx_host_without_records_at_the_target_uses_its_own(lab: Lab) -> None:
     log = _send(lab, "alias2", "alias2.sec.lab", wait="=> <u@alias2.sec.lab>")
     assert "Matched DANE TA certificate at depth 1: 2 0 1 " in log
+
+
+def test_an_insecure_mx_to_a_dane_host_authenticates_the_host_only(lab: Lab) -> None:
+    log = _send(lab, "hostonly", "hostonly.plain.lab", wait="=> <u@hostonly.plain.lab>")
+    assert (
+        "Matched DANE EE certificate at depth 0: 3 1 1 " in log
+        and "(the MX lookup was insecure: this host is authenticated, not the domain)" in log
+    )
+    line = next(ln for ln in log.splitlines() if "=> <u@hostonly.plain.lab>" in ln)
+    assert "CV=dane tls_out_dane=host tls_out_tlsa_usage=3" in line
+
+
+@pytest.mark.parametrize("hop", LDNS_HOPS)
+def test_ldns_dane_agrees_with_dane_check(lab: Lab, hop: str) -> None:
+    """ldns-dane verifies the same host's TLS-on-connect port (it has no
+    STARTTLS; openssl s_server serves it), with the same certificate and
+    TLSA records there."""
+    domain = {"mx-ee": "ee", "mx-ta": "ta", "mx-taname": "taname", "mx-wrong": "wrong"}[hop]
+    # ldns-dane checks names for DANE-EE too (RFC 6698); RFC 7672 does not:
+    # -n for the DANE-EE hosts, names checked for the DANE-TA ones.
+    names = ["-n"] if hop in ("mx-ee", "mx-wrong") else []
+    done = subprocess.run([peer("ldns-dane"), "-r", lab.dns.host, *names, "verify",
+                           f"{hop}.sec.lab", str(lab.tls_port)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    theirs = done.returncode == 0 and "dane-validated successfully" in done.stdout + done.stderr
+    ours = json.loads(_check(lab, f"{domain}.sec.lab", "--json").stdout)["ok"]
+    assert theirs == ours, done.stdout + done.stderr
+    assert ours == (hop in ("mx-ee", "mx-ta"))
+
+
+def test_the_next_hop_domains_cname_expansion_is_a_reference_name(lab: Lab) -> None:
+    log = _send(lab, "nhalias", "nhalias.sec.lab", wait="=> <u@nhalias.sec.lab>")
+    assert "Matched DANE TA certificate at depth 1: 2 1 1 " in log
+
+
+def test_a_host_whose_address_lookup_fails_is_skipped(lab: Lab) -> None:
+    """RFC 7672 2.2.2: the better MX host's address is bogus (old.lab's
+    signatures expired): it is passed over, and the next one, with DANE,
+    gets the message."""
+    log = _send(lab, "skipbad", "skipbad.sec.lab", wait="=> <u@skipbad.sec.lab>")
+    line = next(ln for ln in log.splitlines() if "=> <u@skipbad.sec.lab>" in ln)
+    assert "H=mx-ee.sec.lab" in line and "tls_out_dane=yes" in line

@@ -135,9 +135,10 @@ async def check(domain: str, resolver: SecureResolver, port: int = 25,
         if not usable:
             host["problem"] = "no usable TLSA records: TLS without authentication"
             all_ok = False
-        names = list(dict.fromkeys([base, name]))
-        if mx.secure and mx.kind == "answer" and domain not in names:
-            names.append(domain)
+        names = [base, name]
+        if mx.secure and mx.kind == "answer":
+            names += [domain, mx.canonical]
+        names = list(dict.fromkeys(n for n in names if n))
         for address in addresses:
             probe = await _probe(address, port, base, names, usable, timeout)
             host["addresses"].append(probe)

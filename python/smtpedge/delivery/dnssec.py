@@ -35,6 +35,7 @@ class Lookup:
     kind: str
     records: tuple[Any, ...] = field(default=())
     reason: str = ""
+    canonical: str = ""  # for an answer: the name it is for, after any CNAMEs
 
     @property
     def secure(self) -> bool:
@@ -112,7 +113,9 @@ class SecureResolver:
         except dns.exception.DNSException as exc:
             return Lookup(bare, rdtype, "failed", "error",
                           reason=str(exc) or type(exc).__name__)  # fmt: skip
-        return Lookup(bare, rdtype, status(answer.response), "answer", tuple(answer))
+        canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()
+        return Lookup(bare, rdtype, status(answer.response), "answer", tuple(answer),
+                      canonical=canonical)  # fmt: skip
 
     async def cname_chain(self, name: str, limit: int = 10) -> list[tuple[str, Lookup]]:
         """The CNAME steps from ``name``: ``(owner, lookup of its CNAME)``

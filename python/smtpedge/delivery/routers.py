@@ -114,6 +114,7 @@ class Route:
     dsn_lasthop: bool = False
     domain: str = ""  # the next-hop domain (dnslookup)
     dnssec: bool = False  # its MX lookup (or implicit-MX denial) was DNSSEC-secure
+    expanded_domain: str = ""  # the name the MX records were for, when a CNAME led there
 
 
 class Resolver:
@@ -391,9 +392,10 @@ class Router:
         return await self._dnslookup(address, domain, routing)
 
     def _accept(self, address: str, hosts: tuple[Host, ...] = (), *, domain: str = "",
-                dnssec: bool = False) -> Route:  # fmt: skip
+                dnssec: bool = False, expanded_domain: str = "") -> Route:  # fmt: skip
         return Route("accept", self.name, address, self.transport, hosts,
-                     dsn_lasthop=self.dsn_lasthop, domain=domain, dnssec=dnssec)  # fmt: skip
+                     dsn_lasthop=self.dsn_lasthop, domain=domain, dnssec=dnssec,
+                     expanded_domain=expanded_domain)  # fmt: skip
 
     def _redirect(self, address: str, local: str, domain: str) -> Route | None:
         if "data" in self.options:
@@ -495,7 +497,9 @@ class Router:
                     return None
                 if mode == "defer":
                     return Route("defer", self.name, address, status="4.4.6", text=text)
-        return self._accept(address, tuple(hosts), domain=name, dnssec=mx.secure)
+        expanded = mx.canonical if mx.canonical and mx.canonical != name else ""
+        return self._accept(address, tuple(hosts), domain=name, dnssec=mx.secure,
+                            expanded_domain=expanded)  # fmt: skip
 
 
 def _route_entry(text: str, where: str) -> tuple[DomainList, tuple[Host, ...]]:

@@ -317,7 +317,11 @@ class _Attempt:
                     self._defer(st, route, "4.3.5", f"no transport {route.transport!r}", "*")
                     continue
                 # DANE's reference names depend on the next-hop domain.
-                key = (transport.name, route.hosts, route.domain if route.dnssec else "")
+                key = (
+                    transport.name,
+                    route.hosts,
+                    f"{route.domain} {route.expanded_domain}" if route.dnssec else "",
+                )
                 group = self.groups.setdefault(key, _Group(transport, route))
                 group.members.append((st, route))
             elif route.kind == "redirect":
@@ -443,7 +447,7 @@ class _Attempt:
         jobs = [
             Job(msg.id, msg.sender, tuple(st.recipient for st, _ in g.members), self.content,
                 msg.raw_mail_params, msg.mail_params.smtputf8, g.route.hosts, g.route.domain,
-                g.route.dnssec)
+                g.route.dnssec, g.route.expanded_domain)
             for g in groups
         ]  # fmt: skip
         results = await asyncio.gather(

@@ -74,6 +74,7 @@ class Job:
     hosts: tuple[Host, ...] = ()
     domain: str = ""  # the next-hop domain the router looked up
     dnssec: bool = False  # and whether its MX lookup was DNSSEC-secure
+    expanded_domain: str = ""  # the name a CNAME turned it into, if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,11 +312,12 @@ class SMTPDelivery(Transport):
                                 "and DANE is required")  # fmt: skip
             return DanePlan("tls", records=records)
         # Reference identifiers (RFC 7672 3.2.2): the TLSA base domain (sent
-        # as SNI), the MX host name, and the next-hop domain when its MX
-        # lookup was secure.
-        names = list(dict.fromkeys([base, host.name]))
-        if job.dnssec and job.domain and job.domain not in names:
-            names.append(job.domain)
+        # as SNI), the MX host name, and the next-hop domain (and the name a
+        # CNAME turned it into) when its MX lookup was secure.
+        names = [base, host.name]
+        if job.dnssec:
+            names += [job.domain, job.expanded_domain]
+        names = list(dict.fromkeys(n for n in names if n))
         return DanePlan("dane", records=records, usable=usable, names=tuple(names))
 
     async def _addresses(self, host: Host) -> list[str]:
@@ -400,7 +402,9 @@ class SMTPDelivery(Transport):
                 if client is None:
                     client = await self._connect(host, policy)
                     if client.dane is not None:
-                        logger.info("%s H=%s: %s", job.queue_id, host, client.dane.describe())
+                        logger.info("%s H=%s: %s%s", job.queue_id, host, client.dane.describe(),
+                                    "" if job.dnssec else " (the MX lookup was insecure: "
+                                    "this host is authenticated, not the domain)")  # fmt: skip
                 result = await client.send(message)
             except SMTPClientError as exc:
                 if client is not None:
@@ -408,7 +412,7 @@ class SMTPDelivery(Transport):
                 return self._connection_failed(recipients, host, exc)
             if client.connected:
                 self._put_idle(key, client)
-            return self._outcomes(result, host, client)
+            return self._outcomes(result, host, client, job)
 
     async def _connect(self, host: Host, policy: TLSPolicy) -> SMTPClient:
         assert host.address is not None and host.port is not None
@@ -444,7 +448,8 @@ class SMTPDelivery(Transport):
         return [Delivered(r, state, _status(resp), resp.text, kind, remote, resp,
                           detail=f"H={host}") for r in recipients]  # fmt: skip
 
-    def _outcomes(self, result: SendResult, host: Host, client: SMTPClient) -> list[Delivered]:
+    def _outcomes(self, result: SendResult, host: Host, client: SMTPClient,
+                  job: Job) -> list[Delivered]:  # fmt: skip
         detail = f"H={host}"
         if client.tls is not None:
             cv = {True: "yes", False: "no", None: "none"}[client.tls_verified]
@@ -452,7 +457,10 @@ class SMTPDelivery(Transport):
                 cv = "dane"
             detail += f" X={client.tls.version}:{client.tls.cipher} CV={cv}"
         if client.dane is not None:
-            detail += f" tls_out_dane=yes tls_out_tlsa_usage={client.dane.record.usage}"
+            # After an insecure MX lookup only the host is authenticated, not
+            # the domain's choice of it (RFC 7672 2.2.1): say so.
+            dane = "yes" if job.dnssec else "host"
+            detail += f" tls_out_dane={dane} tls_out_tlsa_usage={client.dane.record.usage}"
         else:
             detail += f" tls_out_ocsp={client.ocsp}"
         out = []
