@@ -81,7 +81,31 @@ def relay_tables(run: dict[str, Any]) -> None:
             )
 
 
+def cluster_tables(run: dict[str, Any]) -> None:
+    """Redis-backed limits against the shared-memory table, per connection;
+    three nodes behind haproxy against one."""
+    for group, base in (("limits per connection", "table"), ("cluster behind haproxy",
+                                                             "one-node")):  # fmt: skip
+        rows = {label(b["name"]): b for b in run["benchmarks"] if b["group"] == group}
+        if not rows:
+            continue
+        rate = {n: b["extra_info"]["messages"] / b["stats"]["median"] for n, b in rows.items()}
+        ref = rate.get(base)
+        print(
+            f"| {group} | messages/s | vs {base} | time per connection | server CPU per message |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for name, r in sorted(rate.items(), key=lambda kv: -kv[1]):
+            ratio = f"{r / ref:.2f}x" if ref else ""
+            cpu = rows[name]["extra_info"].get("server_cpu_us_per_message")
+            cpu_text = f"{cpu:,.0f} us" if cpu is not None else ""
+            print(f"| {name} | {r:,.0f} | {ratio} | {1e6 / r:,.0f} us | {cpu_text} |")
+        print()
+
+
 _SPECIAL = (
+    "limits per connection",
+    "cluster behind haproxy",
     "idle connections",
     "queue runner memory",
     "relay through the whole path",
@@ -96,6 +120,7 @@ def main(path: str) -> int:
         b["group"] = b["group"] or label(b["name"])
     server_tables(run)
     relay_tables(run)
+    cluster_tables(run)
     groups: dict[str, dict[str, float]] = defaultdict(dict)
     for b in run["benchmarks"]:
         if b["group"].startswith("server") or b["group"] in _SPECIAL:

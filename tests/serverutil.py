@@ -156,6 +156,7 @@ class ServeProcess:
         self.spool = spool
         spool.mkdir(parents=True, exist_ok=True)
         options.setdefault("primary_hostname", "mx.test")
+        self.metrics = options.get("metrics_address", "")
         lines = [
             f'spool_directory = "{spool}"',
             f"daemon_smtp_ports = [{self.port}]",

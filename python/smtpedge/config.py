@@ -272,6 +272,29 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return conv
 
 
+def _positive_duration(v: Any) -> float:
+    d = parse_duration(v)
+    if d <= 0:
+        raise ValueError("must be more than 0s")
+    return d
+
+
+def _limits_store(v: Any) -> str:
+    url = _str(v).strip()
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a Redis URL: redis://host:port/db, rediss://... or unix://...")
+    return url
+
+
+def _metrics_address(v: Any) -> str:
+    text = _str(v).strip()
+    if text:
+        from smtpedge.metrics import split_address
+
+        split_address(text)
+    return text
+
+
 def _opt(default: Any, conv: Callable[[Any], Any], doc: str, toml: str | None = None) -> Any:
     return field(default=default, metadata={"conv": conv, "doc": doc, "toml": toml})
 
@@ -297,6 +320,12 @@ class Config:
         "",
         _str,
         "Log file (default: log/main.log in the spool directory; '-' for stderr only).",
+    )
+    log_format: str = _opt(
+        "text",
+        _choice("text", "json"),
+        "text: one line per event, as Exim writes them; json: each line one JSON object "
+        "with the same fields (time, pid, level, msg and the line's tags such as H= and R=).",
     )
     smtp_banner: str = _opt(
         "{hostname} ESMTP smtpedge {version}",
@@ -325,6 +354,41 @@ class Config:
         "(empty: no limit); over the limit the client gets 421.",
         '""',
     )
+    limits_store: str = _opt(
+        "",
+        _limits_store,
+        "Where smtp_accept_max_per_host and smtp_connect_ratelimit are counted: empty for "
+        "this machine (every worker shares one table), or a Redis URL (redis://host:port/db, "
+        "rediss://, unix://) that every node of a cluster shares.",
+    )
+    limits_store_fail: str = _opt(
+        "open",
+        _choice("open", "closed"),
+        "When the limits store cannot be reached: open admits connections without per-host "
+        "limits, closed refuses them with 421.",
+    )
+    limits_store_lease: float = _opt(
+        30.0, _positive_duration, "How long a connection's slot in the limits store lives "
+        "unless its node renews it (slots of a node that died lapse after this).", '"30s"',
+    )  # fmt: skip
+    limits_store_timeout: float = _opt(
+        1.0, _positive_duration, "Connect and reply timeout for the limits store.", '"1s"'
+    )
+    metrics_address: str = _opt(
+        "",
+        _metrics_address,
+        "Serve Prometheus metrics over HTTP here (host:port, or a port on 127.0.0.1); "
+        "empty: no metrics.",
+    )
+    drain_timeout: float = _opt(
+        30.0, _duration, "On SIGTERM or smtpedge ctl drain: how long sessions in progress "
+        "get to finish before they are sent 421.", '"30s"',
+    )  # fmt: skip
+    drain_health_checks: int = _opt(
+        3, _int(0), "On drain, how many health checks (PROXY LOCAL connections) to fail "
+        "before new sessions are refused, so the proxy has marked the node down (HAProxy's "
+        "fall); skipped when no health check came in the last minute.",
+    )  # fmt: skip
     hosts_proxy: HostList = _opt(
         HostList(),
         _address_hostlist,

@@ -8,25 +8,72 @@ full stderr pipe block the event loop: records go into a bounded queue that a
 writer thread empties. If the writer falls behind by more than ``QUEUE_MAX``
 lines, new lines are dropped and counted, and one line saying how many were
 lost is written when it catches up. A forked worker gets a writer of its own.
+
+With ``fmt="json"`` (``log_format = "json"``) each line is one JSON object
+for log shippers: ``time`` (UTC, ISO 8601), ``pid``, ``level`` and ``msg``
+(the text line's event, word for word), plus what the text line says in its
+fixed places: ``id`` (the queue ID a line starts with), ``flag`` (``<=``,
+``=>``, ``**``, ``==``), ``address`` (the ``<address>`` after the flag) and
+each Exim-style tag (``H``, ``PX``, ``R``, ``T``, ``P``, ``S``, ...) by name.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import logging.handlers
 import os
 import queue
+import re
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["QUEUE_MAX", "configure", "flush", "logger"]
+__all__ = ["QUEUE_MAX", "JSONFormatter", "configure", "flush", "logger"]
 
 logger = logging.getLogger("smtpedge")
 
 _FORMAT = "%(asctime)s.%(msecs)03d [%(process)d] %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 QUEUE_MAX = 10_000
+
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]{16}\Z")
+_FLAGS = frozenset({"<=", "=>", "**", "==", "->"})
+# A tag's value is one word, or a host with its address: "(helo) [1.2.3.4]:25",
+# "mx.example.com [1.2.3.4]:25", "[1.2.3.4]:25", or a "quoted text".
+_TAG = re.compile(r'(?:^|(?<= ))([A-Z]{1,3})=("[^"]*"|\S+(?: \[[^\]\s]*\](?::\d+)?)?)')
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg = f"{msg}\n{self.formatException(record.exc_info)}"
+        t = record.created
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            + f".{int(t * 1000) % 1000:03d}Z",
+            "pid": record.process,
+            "level": record.levelname.lower(),
+            "msg": msg,
+        }
+        words = msg.split(" ", 3)
+        i = 0
+        if words and _QUEUE_ID.match(words[0]):
+            out["id"] = words[0]
+            i = 1
+        if len(words) > i and words[i] in _FLAGS:
+            out["flag"] = words[i]
+            if len(words) > i + 1 and words[i + 1].startswith("<"):
+                out["address"] = words[i + 1].rstrip(":,")[1:].removesuffix(">")
+        for m in _TAG.finditer(msg):
+            value = m.group(2)
+            value = value[1:-1] if value.startswith('"') else value.rstrip(":,;")
+            out.setdefault(m.group(1), value)
+        return json.dumps(out, ensure_ascii=False)
 
 
 class _BoundedQueueHandler(logging.handlers.QueueHandler):
@@ -76,9 +123,11 @@ class _Writer:
 _writer: _Writer | None = None
 
 
-def configure(log_path: Path | None, *, stderr: bool = True, level: int = logging.INFO) -> None:
+def configure(
+    log_path: Path | None, *, stderr: bool = True, level: int = logging.INFO, fmt: str = "text"
+) -> None:
     """Send smtpedge's log lines to stderr and ``log_path`` (created if needed),
-    through a writer thread."""
+    through a writer thread; ``fmt`` is ``text`` or ``json``."""
     global _writer
     if _writer is not None:
         _writer.close()
@@ -86,7 +135,7 @@ def configure(log_path: Path | None, *, stderr: bool = True, level: int = loggin
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    formatter = logging.Formatter(_FORMAT, _DATEFMT)
+    formatter = JSONFormatter() if fmt == "json" else logging.Formatter(_FORMAT, _DATEFMT)
     targets: list[logging.Handler] = []
     if stderr:
         h = logging.StreamHandler(sys.stderr)

@@ -118,6 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parents=[common],
         help="deliver what is due, once, then exit (with the server stopped)",
     )
+    ctl_p = sub.add_parser("ctl", parents=[common], help="control a running server: drain, "
+                           "reload, status",
+                           description="Signal the smtpedge serve that holds the data "
+                           "directory (its PID is in smtpedge.pid there).")  # fmt: skip
+    csub = ctl_p.add_subparsers(dest="ctl_command", required=True, metavar="CTL_COMMAND")
+    drain = csub.add_parser("drain", parents=[common],
+                            help="fail health checks, finish sessions and deliveries, exit "
+                            "(SIGTERM)")  # fmt: skip
+    drain.add_argument("--wait", action="store_true", help="return once the server has exited")
+    drain.add_argument("--timeout", type=float, default=300.0,
+                       help="seconds --wait waits at most (default: 300)")  # fmt: skip
+    csub.add_parser("reload", parents=[common],
+                    help="read the configuration again (SIGHUP)")  # fmt: skip
+    csub.add_parser("status", parents=[common], help="whether a server runs, and its PID")
     ocsp_p = sub.add_parser("ocsp", help="OCSP proofs: fetch (and keep fresh), or serve")
     osub = ocsp_p.add_subparsers(dest="ocsp_command", required=True, metavar="OCSP_COMMAND")
     fetch = osub.add_parser("fetch", help="fetch, verify and store an OCSP proof")
@@ -208,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from smtpedge.cli import demo
 
             return demo.run()
-        if args.command in ("serve", "config", "queue"):
+        if args.command in ("serve", "config", "queue", "ctl"):
             try:
                 config = _load_config(args)
             except ConfigError as exc:
@@ -217,13 +231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "config":
                 sys.stdout.write(config.to_toml())
                 return 0
+            if args.command == "ctl":
+                from smtpedge.cli import ctl
+
+                return ctl.run(args, config)
             if args.command == "queue":
                 from smtpedge.cli import queue as queue_command
 
                 return queue_command.run(args, config)
             from smtpedge.cli.serve import run
 
-            return run(config)
+            return run(config, load=lambda: _load_config(args))
         print(f"smtpedge {__version__} backend={BACKEND} build={BUILD_PROFILE}")
         sys.stdout.flush()
     except BrokenPipeError:

@@ -103,7 +103,7 @@ def _run_once(config: Config) -> int:
               "make everything due now)", file=sys.stderr)  # fmt: skip
         return 1
     try:
-        configure(config.log_path)
+        configure(config.log_path, fmt=config.log_format)
         try:
             delivery = Delivery(config)
         except ConfigError as exc:

@@ -6,8 +6,18 @@ files), binds the listening sockets, then serves itself (``workers = 1``) or
 forks workers that share the sockets. When every worker listens it logs
 ``smtpedge ready``. A worker that dies is restarted at once; the supervisor
 first clears its share of the per-client counts and its partial uploads.
-SIGTERM or SIGINT stops it gracefully: no new connections, sessions get a few
-seconds to finish, then 421.
+SIGTERM or SIGINT (or ``smtpedge ctl drain``) drains it: health checks
+from a proxy fail first (``drain_health_checks``), then new sessions get 421,
+sessions in progress get ``drain_timeout`` to finish, the queue runner
+finishes the deliveries under way, and it exits. With ``metrics_address`` set
+it serves Prometheus metrics, summed over every worker.
+
+SIGHUP (or ``smtpedge ctl reload``) reads the configuration file again and,
+when it is good, applies it without dropping a connection: host lists,
+limits, the banner, certificates and OCSP files, routers, transports and
+retry rules. A bad file is refused with the option's name and the running
+configuration stays. The options in ``RESTART_OPTIONS`` (sockets, the data
+directory, workers, ...) need a restart: a reload says so and keeps them.
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from smtpedge import metrics
 from smtpedge.config import Config
 from smtpedge.log import configure, logger
 from smtpedge.log import flush as flush_log
@@ -33,7 +45,16 @@ from smtpedge.queue import DataDirectoryBusy, DataDirectoryLock, Queue, incoming
 from smtpedge.receiving.connection import describe_error
 from smtpedge.receiving.hosttable import HostTable, SharedHostTable
 
-__all__ = ["bind", "run"]
+__all__ = ["RESTART_OPTIONS", "bind", "run"]
+
+#: Options a reload cannot change in a running server.
+RESTART_OPTIONS = (
+    "local_interfaces", "daemon_smtp_ports", "spool_directory", "workers", "event_loop",
+    "log_file_path", "log_format", "metrics_address", "limits_store", "limits_store_timeout",
+    "spool_inline_max", "queue_commit_batch", "queue_only",
+)  # fmt: skip
+
+Loader = Callable[[], Config]
 
 
 def bind(config: Config) -> list[socket.socket]:
@@ -105,6 +126,44 @@ def _event_loop_factory(config: Config) -> Any:
     return None
 
 
+def checked_reload(current: Config, load: Loader) -> Config | None:
+    """The configuration read again and checked (certificates, routers and
+    transports built once), with the restart-only options kept as they are;
+    None, logged with the option's name, when it is refused."""
+    from smtpedge.config import ConfigError
+    from smtpedge.delivery import Delivery
+    from smtpedge.receiving.server import server_tls
+    from smtpedge.tls.server import TLSConfigError
+
+    try:
+        new = load()
+        kept = {
+            n: getattr(current, n)
+            for n in RESTART_OPTIONS
+            if getattr(new, n) != getattr(current, n)
+        }
+        if kept:
+            new = replace(new, **kept)
+        server_tls(new, new.hostname)
+        Delivery(new)
+    except ConfigError as exc:
+        logger.error("reload refused: %s; the running configuration stays", exc)
+        return None
+    except TLSConfigError as exc:
+        logger.error("reload refused: option tls_certificate / tls_privatekey: %s; the "
+                     "running configuration stays", exc)  # fmt: skip
+        return None
+    except OSError as exc:
+        logger.error("reload refused: cannot read the configuration: %s; the running "
+                     "configuration stays", describe_error(exc))  # fmt: skip
+        return None
+    if kept:
+        logger.warning("reload: %s changed; a restart is needed for that, the running "
+                       "value%s stay%s", ", ".join(kept), "s" if len(kept) > 1 else "",
+                       "" if len(kept) > 1 else "s")  # fmt: skip
+    return new
+
+
 async def _serve(
     config: Config,
     socks: list[socket.socket],
@@ -112,6 +171,8 @@ async def _serve(
     table: HostTable | None,
     ready: Callable[[], None] | None,
     run_queue: bool = True,
+    load: Loader | None = None,
+    checked: bool = False,
 ) -> None:
     from smtpedge.delivery import Delivery, QueueRunner
     from smtpedge.receiving.server import Server
@@ -129,9 +190,37 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    pending: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        nonlocal delivery
+        if load is None or stop.is_set():
+            return
+        try:
+            # A worker's supervisor has checked the file already.
+            new = load() if checked else checked_reload(server.config, load)
+            if new is None:
+                return
+            fresh = Delivery(new)
+            server.reload(new)
+        except Exception as exc:  # the file changed after the supervisor checked it
+            logger.error("reload refused: %s; the running configuration stays", exc)
+            return
+        server.verify_recipient = fresh.verify
+        if runner is not None:
+            runner.reload(new, fresh)  # closes the old one after its deliveries
+        else:
+            task = loop.create_task(delivery.close())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        delivery = fresh
+        logger.info("configuration reloaded")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     logger.info("stopping: %d message(s) accepted by this process", server.messages_accepted)
-    await server.stop()
+    await server.drain()
     if runner is not None and runner_task is not None:
         await runner_task
         await runner.close()
@@ -146,9 +235,11 @@ def _serve_worker(
     table: HostTable | None = None,
     ready: Callable[[], None] | None = None,
     run_queue: bool = True,
+    load: Loader | None = None,
+    checked: bool = False,
 ) -> None:
     factory = _event_loop_factory(config)
-    main = _serve(config, socks, handler, table, ready, run_queue)
+    main = _serve(config, socks, handler, table, ready, run_queue, load, checked)
     if factory is not None:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main)
@@ -156,8 +247,9 @@ def _serve_worker(
         asyncio.run(main)
 
 
-def run(config: Config, handler: Any = None) -> int:
-    """Run ``smtpedge serve`` until SIGTERM/SIGINT; return the exit status."""
+def run(config: Config, handler: Any = None, load: Loader | None = None) -> int:
+    """Run ``smtpedge serve`` until SIGTERM/SIGINT; return the exit status.
+    ``load`` reads the configuration again, for SIGHUP."""
     try:
         lock = DataDirectoryLock(config.spool_path)
     except DataDirectoryBusy as exc:
@@ -168,14 +260,14 @@ def run(config: Config, handler: Any = None) -> int:
             f"(option spool_directory): {describe_error(exc)}"
         ) from None
     try:
-        return _run(config, handler)
+        return _run(config, handler, load)
     finally:
         lock.release()
 
 
-def _run(config: Config, handler: Any) -> int:
+def _run(config: Config, handler: Any, load: Loader | None) -> int:
     try:
-        configure(config.log_path)
+        configure(config.log_path, fmt=config.log_format)
         q = Queue(config.spool_path, inline_max=config.spool_inline_max)
         orphans = q.recover()
         queued = len(q)
@@ -189,17 +281,43 @@ def _run(config: Config, handler: Any) -> int:
     _check_delivery(config)
     _raise_fd_limit()
     socks = bind(config)
+    metrics_server = _start_metrics(config)
     loop_name = "uvloop" if _event_loop_factory(config) else "asyncio"
     logger.info(
         "smtpedge starting: %d worker(s), %s, spool %s, %d message(s) queued%s",
         config.workers, loop_name, config.spool_path.resolve(), queued,
         f", {orphans} half-written spool file(s) removed" if orphans else "",
     )  # fmt: skip
-    if config.workers == 1:
-        _serve_worker(config, socks, handler, ready=lambda: _log_ready(1))
-        logger.info("smtpedge stopped")
-        return 0
-    return _supervise(config, socks, handler)
+    try:
+        if config.workers == 1:
+            _serve_worker(config, socks, handler, ready=lambda: _log_ready(1), load=load)
+            logger.info("smtpedge stopped")
+            return 0
+        return _supervise(config, socks, handler, load)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+def _start_metrics(config: Config) -> Any:
+    """Serve the metrics (from this process: the only worker, or the
+    supervisor summing its workers' files); None when they are off."""
+    if not config.metrics_address:
+        return None
+    multiprocess = config.workers > 1
+    if multiprocess:
+        metrics.prepare_multiprocess(config.spool_path)
+    else:
+        metrics.enable()
+    try:
+        server = metrics.serve(config.metrics_address, config.spool_path, multiprocess=multiprocess)
+    except OSError as exc:
+        raise SystemExit(
+            f"smtpedge: option metrics_address: cannot listen on {config.metrics_address}: "
+            f"{exc.strerror}"
+        ) from None
+    logger.info("metrics on http://%s:%d/metrics", *metrics.split_address(config.metrics_address))
+    return server
 
 
 def _log_ready(workers: int) -> None:
@@ -229,7 +347,9 @@ def _remove_uploads(config: Config, pid: int) -> int:
     return removed
 
 
-def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
+def _supervise(
+    config: Config, socks: list[socket.socket], handler: Any, load: Loader | None
+) -> int:
     children: dict[int, int] = {}
     stopping = False
     # Per-client connection counts and rates, shared by every worker.
@@ -247,10 +367,13 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             for fd in (ready_r, wake_r, wake_w):
                 os.close(fd)
             _die_with_parent(parent)
             table.worker = slot
+            if config.metrics_address:
+                metrics.enable()
 
             def ready() -> None:
                 os.write(ready_w, b"%d\n" % os.getpid())
@@ -258,7 +381,8 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             code = 0
             try:
                 # The first worker runs the queue; the others only receive.
-                _serve_worker(config, socks, handler, table, ready, run_queue=slot == 0)
+                _serve_worker(config, socks, handler, table, ready, run_queue=slot == 0,
+                              load=load, checked=True)  # fmt: skip
             except BaseException as exc:  # the worker must never return into the parent's code
                 logger.error("worker %d failed: %r", os.getpid(), exc)
                 code = 1
@@ -274,8 +398,15 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    reloads = 0
+
+    def on_hangup(signum: int, frame: object) -> None:
+        nonlocal reloads
+        reloads += 1  # handled in the loop below, not inside the signal handler
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_w)
     for slot in range(config.workers):
@@ -292,6 +423,14 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
             ready.update(int(pid) for pid in done)
         with contextlib.suppress(BlockingIOError):
             os.read(wake_r, 1024)
+        if reloads and not stopping:
+            reloads = 0
+            new = checked_reload(config, load) if load is not None else None
+            if new is not None:
+                config = new  # for workers started from now on, too
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
         if not announced and children and set(children) <= ready:
             announced = True  # again after each restart, once the new worker listens
             _log_ready(len(children))
@@ -309,6 +448,7 @@ def _supervise(config: Config, socks: list[socket.socket], handler: Any) -> int:
                 continue
             # Its connections are gone: clear its counts and partial uploads.
             table.forget_worker(slot)
+            metrics.mark_dead(pid)
             uploads = _remove_uploads(config, pid)
             if stopping:
                 continue

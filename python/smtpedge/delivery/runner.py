@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from smtpedge import xtext
+from smtpedge import metrics, xtext
 from smtpedge.config import Config
 from smtpedge.delivery.retry import RetryRules
 from smtpedge.delivery.routers import Route, Routing
@@ -139,7 +139,24 @@ class QueueRunner:
         self._writer = StateWriter(config.spool_path, inline_max=config.spool_inline_max)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
         self.stats = RunStats()
+
+    def reload(self, config: Config, delivery: Delivery) -> None:
+        """Use new routers, transports and retry rules from now on; deliveries
+        under way finish with the old ones, which are closed after them."""
+        old, self.delivery = self.delivery, delivery
+        self.config = config
+        running = list(self._running.values())
+
+        async def close_old() -> None:
+            if running:
+                await asyncio.wait(running)
+            await old.close()
+
+        task = asyncio.get_running_loop().create_task(close_old())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def wake(self) -> None:
         """New mail was queued: look at once."""
@@ -238,6 +255,8 @@ class QueueRunner:
 
     async def close(self) -> None:
         await self.drain()
+        if self._closing:
+            await asyncio.wait(list(self._closing))
         await self.delivery.close()
         await asyncio.to_thread(self._writer.close)
         self._reader.close()
@@ -384,6 +403,7 @@ class _Attempt:
                     f" R={route.router}" if route.router else "",
                     f" T={route.transport}" if d else "", _why(text, d))  # fmt: skip
         self._final(st, "failed", text, d.remote_mta if d else None)
+        metrics.deliveries.labels(route.transport or "-", "failed").inc()
         self.runner.stats.failed += 1
         self._report("failed", st, status, d=d, text=text)
 
@@ -412,6 +432,7 @@ class _Attempt:
             last_error=_one_line(text), host=d.remote_mta if d else st.host,
         )  # fmt: skip
         runner.stats.deferred += 1
+        metrics.deliveries.labels(route.transport or "-", "deferred").inc()
         rule = runner.delivery.retry.rule_for(
             st.recipient.address, error if error != "*" else "lost_connection"
         )
@@ -475,6 +496,7 @@ class _Attempt:
         logger.info("%s => <%s> R=%s T=%s %s", self.msg.id, st.recipient.address, route.router,
                     transport.name, d.detail)  # fmt: skip
         self._final(st, "delivered", None, d.remote_mta)
+        metrics.deliveries.labels(transport.name, "delivered").inc()
         self.runner.stats.delivered += 1
         if not transport.remote:
             self._report("delivered", st, "2.0.0", text=f"delivered to {d.detail}")
@@ -551,6 +573,7 @@ class _Attempt:
 
     def _log_reports(self, reports: list[tuple[MessageRecord, str]]) -> None:
         for r, action in reports:
+            metrics.dsn_reports.labels(action).inc()
             logger.info("%s <= <> R=%s P=local S=%d for <%s>: %s report", r.id, self.msg.id,
                         r.size, r.recipients[0].address, action)  # fmt: skip
         if reports:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from smtpedge import metrics
 from smtpedge.config import Config, ConfigError, parse_duration
 from smtpedge.delivery.dnssec import SecureResolver
 from smtpedge.delivery.maildir import MaildirError, deliver
@@ -352,6 +353,7 @@ class SMTPDelivery(Transport):
                     last[r.address] = Delivered(r, "deferred", "4.7.5", plan.reason,
                                                 "tls_required", detail=f"H={host}")  # fmt: skip
                 logger.info("%s H=%s: %s", job.queue_id, host, plan.reason)
+                metrics.dane.labels("failed").inc()
                 continue
             addresses = await self._addresses(host)
             if not addresses:
@@ -400,7 +402,16 @@ class SMTPDelivery(Transport):
             client = self._take_idle(key)
             try:
                 if client is None:
-                    client = await self._connect(host, policy)
+                    try:
+                        client = await self._connect(host, policy)
+                    except SMTPClientError:
+                        if plan.mode == "dane":
+                            metrics.dane.labels("failed").inc()
+                        raise
+                    if client.dane is not None:
+                        metrics.dane.labels("yes" if job.dnssec else "host").inc()
+                    elif client.tls is not None:
+                        metrics.ocsp_out.labels(client.ocsp).inc()
                     if client.dane is not None:
                         logger.info("%s H=%s: %s%s", job.queue_id, host, client.dane.describe(),
                                     "" if job.dnssec else " (the MX lookup was insecure: "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpedge import metrics
 from smtpedge.esmtp import MailParams, RcptParams, Recipient
 
 __all__ = [
@@ -611,6 +612,8 @@ class GroupCommitter:
                 failed = self._queue._add_many([r for r, _, _ in batch])
                 self.batches += 1
                 self.committed += len(batch) - len(failed)
+                metrics.group_commits.inc()
+                metrics.group_commit_size.observe(len(batch))
             except BaseException as exc:  # reported to every waiting session
                 error = exc
             for record, fut, loop in batch:

@@ -15,10 +15,12 @@ import ipaddress
 import itertools
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
+from smtpedge import metrics
 from smtpedge.errors import TLSError
 from smtpedge.log import logger
 from smtpedge.protocol import events as ev
@@ -102,6 +104,10 @@ class ConnectionHost(Protocol):
     tls: ServerTLS | None
     active: set[Connection]
     needs_name: bool  # some host list names clients by their verified DNS name
+    draining: bool  # health checks fail
+    stopping: bool  # new sessions get 421
+    last_health_check: float  # event loop time of the last PROXY LOCAL connection
+    health_check_interval: float
     # Recipient verification for local domains: the reply refusing it, or None.
     verify_recipient: Callable[[str, str], Awaitable[str | None]] | None
 
@@ -142,6 +148,7 @@ class Connection(asyncio.Protocol):
         "proto",
         "server",
         "session",
+        "slot",
     )
 
     def __init__(self, server: ConnectionHost) -> None:
@@ -163,6 +170,7 @@ class Connection(asyncio.Protocol):
         self._spill_path: Path | None = None
         self.counted = False  # holds a slot of smtp_accept_max
         self.admitted: str | None = None  # the host holding a per-host slot
+        self.slot: str | None = None  # its slot in the limits store (Redis)
         self.envelope = Envelope()
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -183,8 +191,15 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         if refusal is not None:
+            metrics.connections.labels("refused_accept_max").inc()
             logger.info("SMTP connection from %s refused: %s", fmt_address(peer), refusal)
             self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
+            self._flush()
+            return
+        if srv.stopping:
+            metrics.connections.labels("refused_shutdown").inc()
+            logger.info("SMTP connection from %s refused: shutting down", fmt_address(peer))
+            self.proto.refuse(f"421 4.3.2 {srv.hostname} Service shutting down")
             self._flush()
             return
         if expect_proxy:
@@ -243,6 +258,11 @@ class Connection(asyncio.Protocol):
         if self.admitted is not None:
             srv.connections.release(self.admitted)
             self.admitted = None
+        if self.slot is not None:
+            store = srv.connections.store
+            if store is not None:
+                store.release(self.slot)
+            self.slot = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -263,6 +283,11 @@ class Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._task is None and not self.proto.waiting and not self.proto.buffered
+
+    @property
+    def between_transactions(self) -> bool:
+        """Waiting for a command with no message under way: 421 loses nothing."""
+        return self.proto.closed or (self.idle and not self.proto.in_transaction)
 
     def _who(self) -> str:
         s = self.session
@@ -291,12 +316,14 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         state = self.proto.state
         if state == "PROXY":
+            metrics.connections.labels("timeout").inc()
             logger.info("PROXY header timeout from proxy %s after %.1fs: closed without banner",
                         fmt_address(self.session.peer), timeout)  # fmt: skip
             self._close()
             return
         cfg = self.server.config
         if self._tls is not None and not self._tls.established:
+            metrics.tls_handshakes.labels("timeout").inc()
             logger.info("TLS handshake timeout for %s after %.1fs: closed", self._who(), timeout)
             self._closing = True
             self._close()
@@ -312,6 +339,7 @@ class Connection(asyncio.Protocol):
         logger.info("SMTP %s timeout for %s after %.1fs%s", "data" if state in ("DATA", "BDAT")
                     else "command", self._who(), limit,
                     ": not reading its replies" if self._write_paused else "")  # fmt: skip
+        metrics.connections.labels("timeout").inc()
         self.proto.timeout()
         self._flush()
         if self._write_paused and self._transport is not None:
@@ -391,6 +419,7 @@ class Connection(asyncio.Protocol):
             out = tls.outgoing()  # the alert, if any
             if out:
                 self._transport.write(out)
+            metrics.tls_handshakes.labels("failed" if not tls.established else "error").inc()
             logger.info("TLS error with %s: %s: closed", self._who(), exc.reason)
             self._closing = True
             self._close()
@@ -406,6 +435,8 @@ class Connection(asyncio.Protocol):
         assert self._tls is not None
         info = self._tls.info()
         self.session.tls = info
+        metrics.tls_handshakes.labels("ok").inc()
+        metrics.ocsp_staples.labels("stapled" if info.ocsp_stapled else "none").inc()
         self.proto.tls_started()
         cfg = self.server.config
         self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
@@ -424,16 +455,47 @@ class Connection(asyncio.Protocol):
     # -- the session ------------------------------------------------------------------
 
     def _admit(self) -> bool:
-        """Take a per-host slot for the real client, or refuse it (421)."""
+        """Take a per-host slot for the real client, or refuse it (421).
+        A health check (a PROXY LOCAL connection from the proxy) is not counted."""
         srv = self.server
         peer = self.session.peer
+        if self._health_check:
+            return True
         refusal = srv.connections.admit(peer[0])
         if refusal is not None:
-            logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
-            self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
+            self._refuse_client(refusal)
             return False
         self.admitted = peer[0]
         return True
+
+    def _refuse_client(self, refusal: str, store: bool = False) -> None:
+        kind = "store" if store else "rate" if refusal.startswith("Connection rate") else "per_host"
+        metrics.connections.labels(f"refused_{kind}").inc()
+        logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
+        code = "4.3.0" if kind == "store" else "4.7.0"
+        self.proto.refuse(f"421 {code} {self.server.hostname} {refusal}")
+
+    async def _admit_shared(self) -> bool:
+        """Take the client's slot in the limits store (Redis), or refuse it."""
+        store = self.server.connections.store
+        if store is None or self._health_check:
+            return True
+        refusal, self.slot = await store.admit(self.session.peer[0])
+        if refusal is not None:
+            self._refuse_client(refusal, store=refusal.startswith("Connection limits"))
+            return False
+        if self._transport is None or self._transport.is_closing():
+            # The client left while Redis answered: give the slot back now.
+            if self.slot is not None:
+                store.release(self.slot)
+                self.slot = None
+            return False
+        return True
+
+    @property
+    def _health_check(self) -> bool:
+        header = self.session.proxy_header
+        return header is not None and header.command == "LOCAL"
 
     def _greet(self, name: str | None) -> None:
         srv = self.server
@@ -443,6 +505,8 @@ class Connection(asyncio.Protocol):
         if self.proto.buffered and cfg.smtp_enforce_sync:
             return  # _process reports the early talker
         self.proto.greet(srv.banner, srv.offer_for(self.session.peer[0], name))
+        if not self._health_check:
+            metrics.connections.labels("accepted").inc()
         self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
 
     def _welcome_now(self) -> bool:
@@ -450,6 +514,8 @@ class Connection(asyncio.Protocol):
         return False when ``_welcome`` must run as a task."""
         srv = self.server
         if srv.needs_name or srv.config.smtp_banner_delay > 0:
+            return False
+        if srv.connections.store is not None and not self._health_check:
             return False
         if self._admit():
             self._greet(None)
@@ -459,7 +525,7 @@ class Connection(asyncio.Protocol):
         """Admit the real client (limits), look up its name if a host list
         needs it, wait out any banner delay, then greet it."""
         srv = self.server
-        if not self._admit():
+        if not self._admit() or not await self._admit_shared():
             return
         name = await _verified_name(self.session.peer[0]) if srv.needs_name else None
         self.session.sender_host_name = name
@@ -544,9 +610,11 @@ class Connection(asyncio.Protocol):
         if isinstance(event, ev.ProxyReceived):
             self._proxy(event.header)
         elif isinstance(event, ev.ProxyRejected) and event.unexpected:
+            metrics.proxy_rejected.labels("not in hosts_proxy").inc()
             logger.info("PROXY header from %s, which is not in hosts_proxy: refused",
                         fmt_address(s.peer))  # fmt: skip
         elif isinstance(event, ev.ProxyRejected):
+            metrics.proxy_rejected.labels(metrics.proxy_reason(event.reason)).inc()
             logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
                         fmt_address(s.peer), event.reason, event.offset)  # fmt: skip
         elif isinstance(event, ev.EarlyTalker):
@@ -557,6 +625,7 @@ class Connection(asyncio.Protocol):
             self._refused("SMTP protocol error from %s in %r: %s", self._who(), line,
                           event.error.reply.decode().strip())  # fmt: skip
         elif isinstance(event, ev.MessageRefused):
+            metrics.messages.labels(f"{event.error.code // 100}xx").inc()
             self._discard_spill()
             self._refused("message from %s refused in %s: %s", self._who(), event.command,
                           event.error.reply.decode().strip())  # fmt: skip
@@ -567,8 +636,9 @@ class Connection(asyncio.Protocol):
             if "RSET" in self.server.hooks:
                 self._start(self._call_void("RSET"))
         elif isinstance(event, ev.Quit):
-            logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
-                        s.messages, "" if s.messages == 1 else "s")  # fmt: skip
+            if not (self._health_check and not s.messages):  # checks come every few seconds
+                logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
+                            s.messages, "" if s.messages == 1 else "s")  # fmt: skip
             if "QUIT" in self.server.hooks:
                 self._start(self._call_void("QUIT"))
         elif isinstance(event, ev.Closed):
@@ -582,6 +652,21 @@ class Connection(asyncio.Protocol):
         headers keep the real endpoints), then run the hook and greet."""
         s = self.session
         s.proxy_header = header
+        metrics.proxy_headers.labels(str(header.version), header.command).inc()
+        if header.command == "LOCAL":
+            srv = self.server
+            now = asyncio.get_running_loop().time()
+            if srv.last_health_check:
+                srv.health_check_interval = now - srv.last_health_check
+            srv.last_health_check = now
+            metrics.connections.labels("health_check").inc()
+            if srv.draining:
+                refused = srv.connections.refused_check()
+                logger.info("health check from %s refused: draining (%d refused)",
+                            fmt_address(s.peer), refused)  # fmt: skip
+                self.proto.refuse(f"421 4.3.2 {srv.hostname} Draining: not accepting sessions")
+                self._flush()
+                return
         src, dst = header.source, header.destination
         if src is not None and dst is not None and src[1] is not None and dst[1] is not None:
             s.proxy_peer = s.peer
@@ -717,11 +802,13 @@ class Connection(asyncio.Protocol):
                          self._who(), describe_error(self._spill_error))  # fmt: skip
             self._discard_spill()
             self.proto.respond("451 4.3.0 Local error in processing: message not queued")
+            metrics.messages.labels("4xx").inc()
             self.envelope = Envelope()
             return
         size = len(event.content)
         reply: str | None = None
         qid = None
+        started = time.perf_counter()
         try:
             if self._spill is not None:
                 spill, self._spill = self._spill, None
@@ -767,6 +854,9 @@ class Connection(asyncio.Protocol):
             return
         self.proto.respond(reply)
         if reply.startswith("2"):
+            metrics.accept_seconds.observe(time.perf_counter() - started)
+            metrics.messages.labels("accepted").inc()
+            metrics.received_bytes.inc(size)
             s.messages += 1
             logger.info(
                 "%s <= <%s> H=(%s) %s P=%s S=%d for %s",
@@ -774,4 +864,6 @@ class Connection(asyncio.Protocol):
                 protocol_name(s, env).lower(), size,
                 " ".join(f"<{r.address}>" for r in env.recipients),
             )  # fmt: skip
+        else:
+            metrics.messages.labels(f"{reply[:1]}xx").inc()
         self.envelope = Envelope()

@@ -20,9 +20,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from smtpedge.config import RateLimit
 from smtpedge.receiving.hosttable import HostTable, LocalHostTable
+
+if TYPE_CHECKING:
+    from smtpedge.receiving.limitstore import RedisLimits
 
 __all__ = ["ConnectionLimits", "RateLimiter"]
 
@@ -70,13 +74,14 @@ class RateLimiter:
 
 
 _TOTAL = "*all connections*"  # not an address: its own key in the host table
+_CHECKS = "*health checks refused*"  # while draining, by every worker
 
 
 class ConnectionLimits:
     """Counts open connections overall (this process) and per client address
     (in ``table``: this process, or shared by every worker)."""
 
-    __slots__ = ("max_per_host", "max_total", "ratelimiter", "table", "total")
+    __slots__ = ("max_per_host", "max_total", "ratelimiter", "store", "table", "total")
 
     def __init__(
         self,
@@ -84,17 +89,22 @@ class ConnectionLimits:
         max_per_host: int,
         ratelimit: RateLimit | None = None,
         table: HostTable | None = None,
+        store: RedisLimits | None = None,
     ) -> None:
         self.max_total = max_total
         self.max_per_host = max_per_host
         self.ratelimiter = RateLimiter(ratelimit) if ratelimit else None
         self.table: HostTable = table if table is not None else LocalHostTable()
+        # Per-host counts and rates in Redis instead of the table (the overall
+        # limit stays here: it protects this node).
+        self.store = store if store is not None and store.active else None
         self.total = 0
 
     @property
     def active(self) -> bool:
-        """False when no per-host limit is configured (nothing to count)."""
-        return bool(self.max_per_host or self.ratelimiter)
+        """False when no per-host limit is counted here (none is configured,
+        or Redis counts them)."""
+        return self.store is None and bool(self.max_per_host or self.ratelimiter)
 
     def count(self, host: str) -> int:
         state = self.table.get(host)
@@ -142,6 +152,18 @@ class ConnectionLimits:
                     )
             self.table.update(host, 1, rate, when)
         return None
+
+    def refused_check(self) -> int:
+        """Count a health check refused while draining; return how many every
+        worker has refused."""
+        with self.table.lock:
+            self.table.update(_CHECKS, 1, 0.0, 0.0)
+            state = self.table.get(_CHECKS)
+        return state[0] if state else 0
+
+    def checks_refused(self) -> int:
+        state = self.table.get(_CHECKS)
+        return state[0] if state else 0
 
     def release(self, host: str) -> None:
         if not self.active:

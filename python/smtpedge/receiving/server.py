@@ -28,7 +28,7 @@ from smtpedge.queue import DataDirectoryLock, GroupCommitter, Queue, new_queue_i
 from smtpedge.receiving.connection import Connection, fmt_address, sock_address
 from smtpedge.receiving.handlers import check_handler
 from smtpedge.receiving.hosttable import HostTable
-from smtpedge.receiving.limits import ConnectionLimits
+from smtpedge.receiving.limits import ConnectionLimits, RateLimiter
 from smtpedge.receiving.received import protocol_name, received_header
 from smtpedge.receiving.relay import RelayPolicy
 from smtpedge.receiving.session import Envelope, Session
@@ -61,6 +61,43 @@ class Server:
         self.handler = handler
         self.hooks = check_handler(handler)
         cfg = self.config
+        self._apply(cfg)
+        store = None
+        if cfg.limits_store and (cfg.smtp_accept_max_per_host or cfg.smtp_connect_ratelimit):
+            from smtpedge.receiving.limitstore import RedisLimits
+
+            store = RedisLimits(
+                cfg.limits_store,
+                max_per_host=cfg.smtp_accept_max_per_host,
+                ratelimit=cfg.smtp_connect_ratelimit,
+                lease=cfg.limits_store_lease,
+                timeout=cfg.limits_store_timeout,
+                fail_open=cfg.limits_store_fail == "open",
+            )
+        self.connections = ConnectionLimits(
+            cfg.smtp_accept_max,
+            cfg.smtp_accept_max_per_host,
+            cfg.smtp_connect_ratelimit,
+            host_table,
+            store,
+        )
+        # Drain (``drain``): health checks fail first, then new sessions get
+        # 421 (``stopping``) until the ones in progress are done.
+        self.draining = False
+        self.stopping = False
+        self.last_health_check = 0.0
+        self.health_check_interval = 0.0  # between the last two checks
+        self._sockets = sockets
+        self._servers: list[asyncio.Server] = []
+        self.active: set[Connection] = set()
+        self._committer: GroupCommitter | None = None
+        self.messages_accepted = 0
+        self.tls: ServerTLS | None = None
+        self._lock: DataDirectoryLock | None = None
+
+    def _apply(self, cfg: Config) -> None:
+        """What a new configuration changes for the connections to come."""
+        self.config = cfg
         self.hostname = cfg.hostname
         self.limits = Limits(
             hostname=self.hostname,
@@ -72,17 +109,7 @@ class Server:
             bare_newline=cfg.bare_newline,
             enforce_sync=cfg.smtp_enforce_sync,
         )
-        self.connections = ConnectionLimits(
-            cfg.smtp_accept_max,
-            cfg.smtp_accept_max_per_host,
-            cfg.smtp_connect_ratelimit,
-            host_table,
-        )
         self.relay = RelayPolicy(cfg)
-        self._sockets = sockets
-        self._servers: list[asyncio.Server] = []
-        self.active: set[Connection] = set()
-        self._committer: GroupCommitter | None = None
         self.needs_name = any(
             isinstance(getattr(cfg, n), HostList) and getattr(cfg, n).needs_name
             for n in (
@@ -91,11 +118,27 @@ class Server:
                 "tls_advertise_hosts", "tls_required_hosts", "relay_from_hosts",
             )
         )  # fmt: skip
-        self.messages_accepted = 0
         self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
         self._offers: dict[tuple[str, str | None], Offer] = {}
-        self.tls: ServerTLS | None = None
-        self._lock: DataDirectoryLock | None = None
+
+    def reload(self, config: Config) -> None:
+        """Use ``config`` for new connections (sessions under way keep their
+        limits): host lists, limits, banner, certificates and OCSP files are
+        read again. Raises TLSConfigError (and changes nothing) for an unusable
+        certificate. The options in ``RESTART_OPTIONS`` keep their old values."""
+        tls = server_tls(config, config.hostname) if self._servers else self.tls
+        self._apply(config)
+        self.tls = tls
+        conns = self.connections
+        conns.max_total = config.smtp_accept_max
+        conns.max_per_host = config.smtp_accept_max_per_host
+        rl = config.smtp_connect_ratelimit
+        conns.ratelimiter = RateLimiter(rl) if rl else None
+        if conns.store is not None:
+            conns.store.max_per_host = config.smtp_accept_max_per_host
+            conns.store.ratelimit = rl
+            conns.store.lease = config.limits_store_lease
+            conns.store.fail_open = config.limits_store_fail == "open"
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -171,16 +214,49 @@ class Server:
         except asyncio.CancelledError:
             pass
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop listening, let sessions finish for ``grace`` seconds, then send
-        421 to the rest; every message already acknowledged is on disk."""
-        for srv in self._servers:
-            srv.close()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.active and asyncio.get_running_loop().time() < deadline:
-            if all(c.idle for c in self.active):
+    async def drain(self, timeout: float | None = None, checks: int | None = None) -> None:
+        """Leave a cluster gracefully: fail ``checks`` health checks (PROXY
+        LOCAL connections, as HAProxy sends them) so the proxy marks this node
+        down, skipped when none came in the last minute; then refuse new
+        sessions with 421, give the sessions in progress ``timeout`` seconds to
+        end their transactions, send 421 to the rest and stop."""
+        cfg = self.config
+        timeout = cfg.drain_timeout if timeout is None else timeout
+        checks = cfg.drain_health_checks if checks is None else checks
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.draining = True
+        behind_proxy = self.last_health_check and loop.time() - self.last_health_check < 60
+        if checks and behind_proxy:
+            logger.info("draining: failing health checks until %d have been refused", checks)
+            while self.connections.checks_refused() < checks and loop.time() < deadline:
+                # The proxy stopped checking (it is gone, or has this node down).
+                quiet = loop.time() - self.last_health_check
+                if quiet > max(3 * self.health_check_interval, 1.0):
+                    break
+                await asyncio.sleep(0.05)
+        logger.info("draining: refusing new sessions; %d session(s) in progress",
+                    len(self.active))  # fmt: skip
+        self.stopping = True
+        await self.stop(grace=max(deadline - loop.time(), 0.0), listen=True)
+
+    async def stop(self, grace: float = 5.0, *, listen: bool = False) -> None:
+        """Stop listening (with ``listen``, go on answering new connections
+        with 421 meanwhile), let sessions finish their transactions for
+        ``grace`` seconds, then send 421 to the rest; every message already
+        acknowledged is on disk."""
+        self.stopping = True
+        if not listen:
+            for srv in self._servers:
+                srv.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.active and loop.time() < deadline:
+            if all(c.between_transactions for c in self.active):
                 break
             await asyncio.sleep(0.05)
+        for srv in self._servers:
+            srv.close()
         for conn in list(self.active):
             conn.shutdown()
         for srv in self._servers:
@@ -193,6 +269,8 @@ class Server:
             if committer.batches:
                 logger.info("queue: %d message(s) made durable in %d group commit(s)",
                             committer.committed, committer.batches)  # fmt: skip
+        if self.connections.store is not None:
+            await self.connections.store.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -122,7 +122,17 @@ class ServerTLS:
             cached = self._contexts.get(sni)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        ctx, loaded = self._build(pairs)
+        try:
+            ctx, loaded = self._build(pairs)
+        except TLSConfigError as exc:
+            if cached is None:
+                raise
+            # The files changed into something unusable (a certificate written
+            # before its key, say): go on with the pair that worked, say so once.
+            logger.error("TLS: %s; still using the certificate loaded before", exc)
+            with self._lock:
+                self._contexts[sni] = (stamp, cached[1], cached[2])
+            return cached[1]
         with self._lock:
             self._contexts[sni] = (stamp, ctx, loaded)
         return ctx
@@ -138,11 +148,11 @@ class ServerTLS:
                 key = serialization.load_pem_private_key(Path(p.key).read_bytes(), None)
             except (OSError, ValueError) as exc:
                 raise TLSConfigError(f"cannot load {p.certificate} / {p.key}: {exc}") from None
-            ctx.use_certificate(certs[0])
-            ctx.use_privatekey(key)  # type: ignore[arg-type]
-            for extra in certs[1:]:
-                ctx.add_extra_chain_cert(extra)
             try:
+                ctx.use_certificate(certs[0])
+                ctx.use_privatekey(key)  # type: ignore[arg-type]
+                for extra in certs[1:]:
+                    ctx.add_extra_chain_cert(extra)
                 ctx.check_privatekey()
             except SSL.Error:
                 raise TLSConfigError(f"{p.key} is not the key of {p.certificate}") from None
