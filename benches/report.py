@@ -86,10 +86,12 @@ def cluster_tables(run: dict[str, Any]) -> None:
     three nodes behind haproxy against one."""
     for group, base in (("limits per connection", "table"), ("cluster behind haproxy",
                                                              "one-node")):  # fmt: skip
-        rows = {label(b["name"]): b for b in run["benchmarks"] if b["group"] == group}
-        if not rows:
+        found = [b for b in run["benchmarks"] if b["group"] == group]
+        if not found:
             continue
-        rate = {n: b["extra_info"]["messages"] / b["stats"]["median"] for n, b in rows.items()}
+        info = found[0]["extra_info"]
+        rate = {n: info["messages"] / t for n, t in info["median_seconds"].items()}
+        cpus = info["server_cpu_us_per_message"]
         ref = rate.get(base)
         print(
             f"| {group} | messages/s | vs {base} | time per connection | server CPU per message |"
@@ -97,7 +99,7 @@ def cluster_tables(run: dict[str, Any]) -> None:
         print("|---|---:|---:|---:|---:|")
         for name, r in sorted(rate.items(), key=lambda kv: -kv[1]):
             ratio = f"{r / ref:.2f}x" if ref else ""
-            cpu = rows[name]["extra_info"].get("server_cpu_us_per_message")
+            cpu = cpus.get(name)
             cpu_text = f"{cpu:,.0f} us" if cpu is not None else ""
             print(f"| {name} | {r:,.0f} | {ratio} | {1e6 / r:,.0f} us | {cpu_text} |")
         print()
