@@ -124,6 +124,25 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
     return bool(predicate())
 
 
+def scrape(address: str) -> dict[str, float]:
+    """A metrics endpoint's samples: {'name{labels}': value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def metric(samples: dict[str, float], name: str, labels: str = "") -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    return sum(v for k, v in samples.items()
+               if k.split("{")[0] == name and labels in k)  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

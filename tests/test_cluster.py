@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import tomllib
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,16 @@ from typing import Any
 import pytest
 
 from redislab import RedisServer
-from serverutil import Client, ServeProcess, free_port, peer, wait_for, wait_port
+from serverutil import (
+    Client,
+    ServeProcess,
+    free_port,
+    metric,
+    peer,
+    scrape,
+    wait_for,
+    wait_port,
+)
 from smtpedge.queue import Queue
 
 DOC = Path(__file__).parent.parent / "docs" / "cluster.md"
@@ -102,12 +110,9 @@ class Cluster:
         total = 0.0
         for address in self.metrics:
             try:
-                text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read()
+                total += metric(scrape(address), name, labels)
             except OSError:
                 continue
-            for line in text.decode().splitlines():
-                if line.startswith(name) and (not labels or labels in line):
-                    total += float(line.rsplit(" ", 1)[1])
         return total
 
     def queued_subjects(self) -> list[str]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dnslab import DNSLab
 from pki import Issued, issue, make_ca, write_pair
-from serverutil import Client, ServeProcess, free_port, peer
+from serverutil import Client, ServeProcess, free_port, metric, peer, scrape
 from test_dnssec import _Silent
 
 
@@ -124,6 +124,7 @@ class Lab:
     ca: Issued
     tmp: Path
     tls_port: int
+    metrics: dict[str, float] = field(default_factory=dict)  # the last sender's, at its end
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,8 @@ def _send(lab: Lab, name: str, domain: str, *, wait: str, sender: str = "s@local
     smtp = {"driver": "smtp", "port": lab.port, **transport}
     options = {"queue_only": False, "dns_nameservers": [lab.dns.resolver],
                "transports": {"remote_smtp": smtp}, "retry_rules": [retry],
-               "primary_hostname": "edge.test", "queue_poll_interval": "0.2s"}  # fmt: skip
+               "primary_hostname": "edge.test", "queue_poll_interval": "0.2s",
+               "metrics_address": f"127.0.0.1:{free_port()}"}  # fmt: skip
     with ServeProcess(lab.tmp / f"edge-{name}", **options) as srv:
         c = Client(srv.port)
         c.reply()
@@ -204,9 +206,11 @@ def _send(lab: Lab, name: str, domain: str, *, wait: str, sender: str = "s@local
         assert c.send_message(sender, [f"u@{domain}"], b"Subject: dane").startswith("250")
         c.cmd("QUIT")
         try:
-            return srv.wait_log(wait, timeout=60)
+            log = srv.wait_log(wait, timeout=60)
         except RuntimeError:
             raise AssertionError(srv.log + lab.dns.logs()) from None
+        lab.metrics = scrape(str(options["metrics_address"]))
+        return log
 
 
 def _received(lab: Lab, hop: str) -> str:
@@ -217,6 +221,8 @@ def test_dane_ee_matched_whatever_the_names(lab: Lab) -> None:
     log = _send(lab, "ee", "ee.sec.lab", wait="=> <u@ee.sec.lab>")
     assert "Matched DANE EE certificate at depth 0: 3 1 1 " in log
     assert "CV=dane tls_out_dane=yes tls_out_tlsa_usage=3" in log, "a secure MX: the domain too"
+    assert metric(lab.metrics, "smtpedge_dane_total", 'result="yes"') == 1
+    assert metric(lab.metrics, "smtpedge_deliveries_total", 'outcome="delivered"') == 1
     lab.hops["mx-ee.sec.lab"].wait_log("for <u@ee.sec.lab>")
 
 

@@ -3,13 +3,12 @@ nodes (``limits_store``), with a real redis-server on loopback."""
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from redislab import RedisServer
-from serverutil import Client, ServeProcess, wait_for
+from serverutil import Client, ServeProcess, metric, scrape, wait_for
 
 
 @pytest.fixture
@@ -133,9 +132,4 @@ def _port() -> int:
 
 
 def _metric(srv: ServeProcess, name: str, labels: str = "") -> float:
-    text = urllib.request.urlopen(f"http://{srv.metrics}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (not labels or labels in line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric(scrape(srv.metrics), name, labels)

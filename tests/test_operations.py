@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 import pki
-from serverutil import Client, ScriptedServer, ServeProcess, free_port, wait_for
+from serverutil import Client, ScriptedServer, ServeProcess, free_port, metric, scrape, wait_for
 from smtpedge import proxy
 from smtpedge.queue import Queue
 
@@ -41,17 +41,6 @@ def test_json_log_lines_carry_the_text_lines_fields(tmp_path: Path) -> None:
     assert len(arrival["id"]) == 16 and arrival["msg"].startswith(arrival["id"] + " <= <a@")
     assert arrival["time"].endswith("Z") and arrival["level"] == "info"
     assert any(o["msg"].startswith("smtpedge ready") for o in lines)
-
-
-def _scrape(address: str) -> dict[str, float]:
-    """The metrics endpoint's samples: {'name{labels}': value}."""
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -77,7 +66,7 @@ def test_metrics_match_what_was_sent(tmp_path: Path, workers: int) -> None:
     assert (
         "smtpedge_messages" in urllib.request.urlopen(f"http://{address}/metrics").read().decode()
     )
-    m = _scrape(address)
+    m = scrape(address)
     assert m['smtpedge_messages_total{result="accepted"}'] == 6
     assert m['smtpedge_messages_total{result="5xx"}'] == 1
     assert m['smtpedge_connections_total{outcome="accepted"}'] == 7
@@ -274,8 +263,9 @@ def test_reload_rereads_certificates_and_routers(tmp_path: Path) -> None:
     cert, key = pki.write_pair(tmp_path, "mx", pki.issue(ca, "first.test"), ca)
     users = {"name": "users", "driver": "accept", "local_parts": ["alice"],
              "transport": "local_delivery"}  # fmt: skip
+    address = f"127.0.0.1:{free_port()}"
     srv = ServeProcess(tmp_path / "data", tls_certificate=[str(cert)], tls_privatekey=[str(key)],
-                       routers=[users])  # fmt: skip
+                       routers=[users], metrics_address=address)  # fmt: skip
     c = Client(srv.port)
     c.reply()
     c.cmd("EHLO r.example")
@@ -299,6 +289,33 @@ def test_reload_rereads_certificates_and_routers(tmp_path: Path) -> None:
     srv.proc.send_signal(signal.SIGHUP)
     assert "reload refused: option tls_certificate / tls_privatekey" in srv.wait_log("refused")
     assert _certificate_cn(srv.port) == "second.test"
+    m = scrape(address)
+    assert metric(m, "smtpedge_tls_handshakes_total", 'outcome="ok"') == 3
+    assert metric(m, "smtpedge_ocsp_staples_total", 'outcome="none"') == 3
+    assert srv.stop() == 0
+
+
+def test_reload_applies_new_limits_and_counts_proxy_refusals(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    srv = ServeProcess(tmp_path / "data", smtp_accept_max_per_host=1, metrics_address=address,
+                       hosts_proxy="127.0.0.61")  # fmt: skip
+    first = Client(srv.port, source="127.0.0.60")
+    assert first.reply().startswith("220")
+    assert Client(srv.port, source="127.0.0.60").reply().startswith("421")
+    text = srv.config_path.read_text()
+    srv.config_path.write_text(
+        text.replace("smtp_accept_max_per_host = 1", "smtp_accept_max_per_host = 3")
+    )
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_log("configuration reloaded")
+    assert Client(srv.port, source="127.0.0.60").reply().startswith("220"), "the new limit"
+    bad = Client(srv.port, source="127.0.0.61")
+    bad.send(b"PROXY TCP4 1.2.3.4\r\n")
+    assert bad.closed_without_data()
+    srv.wait_log("PROXY header refused")
+    m = scrape(address)
+    assert metric(m, "smtpedge_connections_total", 'outcome="refused_per_host"') == 1
+    assert metric(m, "smtpedge_proxy_rejected_total") == 1
     assert srv.stop() == 0
 
 
