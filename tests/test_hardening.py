@@ -250,6 +250,38 @@ def test_recipients_past_the_overshoot_end_the_session(tmp_path: Path) -> None:
         assert lines
 
 
+def test_replies_survive_input_sent_after_quit(tmp_path: Path) -> None:
+    """A client that sends QUIT with a stream of junk behind it still gets
+    every reply: the server half-closes and drops the rest of its input for a
+    while instead of closing with unread input (which makes the kernel send a
+    reset that throws the replies away)."""
+    # Without smtp_enforce_sync the junk is not an early-talker error.
+    with ServeProcess(tmp_path / "data", smtp_enforce_sync=False) as srv:
+        for _ in range(10):
+            c = Client(srv.port, timeout=30)
+            assert c.reply().startswith("220")
+            assert "PIPELINING" in c.cmd("EHLO junk.example")
+            sock = c.sock
+            junk = b"NOOP\r\nQUIT\r\n" + b"x" * 200_000
+
+            def send(sock: socket.socket = sock, junk: bytes = junk) -> None:
+                try:
+                    sock.sendall(junk)
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # the server stopped reading: its limit, as it should be
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            got = c.buf
+            while chunk := sock.recv(1 << 16):  # ECONNRESET here is the defect
+                got += chunk
+            sender.join(30)
+            sock.close()
+            assert b"\r\n221 " in got, got[-200:]
+        assert served(srv.port)
+
+
 def test_split_proxy_header_from_a_host_not_in_hosts_proxy(tmp_path: Path) -> None:
     with ServeProcess(tmp_path / "data") as srv:
         sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)

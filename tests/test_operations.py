@@ -252,6 +252,9 @@ def _certificate_cn(port: int) -> str:
     ctx.verify_mode = ssl.CERT_NONE
     tls = ctx.wrap_socket(c.sock, server_hostname="mx.test")
     der = tls.getpeercert(binary_form=True)
+    # A reply over TLS: the server has finished its side of the handshake too.
+    tls.sendall(b"EHLO tls.example\r\n")
+    assert tls.recv(4096).startswith(b"250")
     tls.close()
     assert der is not None
     cert = x509.load_der_x509_certificate(der)

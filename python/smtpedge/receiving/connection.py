@@ -42,6 +42,11 @@ __all__ = ["Connection", "ConnectionHost", "describe_error", "fmt_address", "soc
 _READ_PAUSE = 1024 * 1024  # pause reading when this much input waits on a hook
 _SPILL_CHUNK = 256 * 1024  # write big messages out in pieces of about this size
 _REFUSALS_LOGGED = 5  # refusals logged one by one per session; the rest are counted
+# After the last reply, input the client still sends is read and dropped for
+# at most this long and this much, so the kernel does not answer it with a
+# reset that would throw away replies not yet delivered (a lingering close).
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 64 * 1024
 _session_ids = itertools.count(1)
 
 
@@ -130,6 +135,7 @@ class Connection(asyncio.Protocol):
         "_closing",
         "_eof",
         "_last",
+        "_lingering",
         "_paused",
         "_progress",
         "_refusals",
@@ -164,6 +170,7 @@ class Connection(asyncio.Protocol):
         self._storing = False  # a message is being committed: never cancel that
         self._refusals = 0
         self._closing = False
+        self._lingering = 0  # > 0: replies sent and half-closed; bytes dropped + 1
         self._spill: BinaryIO | None = None
         self._spill_error: OSError | None = None
         self._tls: TLSEngine | None = None
@@ -211,6 +218,11 @@ class Connection(asyncio.Protocol):
             self._start(self._welcome())
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingering += len(data)
+            if self._lingering > _LINGER_BYTES and self._transport is not None:
+                self._transport.close()
+            return
         if self._tls is not None:
             data = self._tls_receive(data)
             if not data:
@@ -227,6 +239,8 @@ class Connection(asyncio.Protocol):
         """The client shut down its sending side (a half-close): finish what it
         sent (a message and its QUIT, say), answer it, then close."""
         self._eof = True
+        if self._lingering:
+            return False  # the client has read what it wanted: close now
         if self._task is None and not self._write_paused:
             self._process()
         return True  # keep the transport open to send the replies
@@ -241,7 +255,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._transport is None or self._transport.is_closing():
+        if self._gone or self._transport is None:
             return
         if not self._paused:
             with contextlib.suppress(RuntimeError):
@@ -289,6 +303,12 @@ class Connection(asyncio.Protocol):
         """Waiting for a command with no message under way: 421 loses nothing."""
         return self.proto.closed or (self.idle and not self.proto.in_transaction)
 
+    @property
+    def _gone(self) -> bool:
+        """Nothing more can be written: closed, closing or lingering."""
+        t = self._transport
+        return t is None or t.is_closing() or self._lingering > 0
+
     def _who(self) -> str:
         s = self.session
         if s.proxy_peer is not None:
@@ -311,7 +331,7 @@ class Connection(asyncio.Protocol):
 
     def _check_timer(self, timeout: float) -> None:
         self._timer = None
-        if self._transport is None or self._transport.is_closing():
+        if self._gone:
             return
         loop = asyncio.get_running_loop()
         state = self.proto.state
@@ -370,7 +390,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         t = self._transport
-        if t is None:
+        if t is None or self._lingering:
             return
         out = self.proto.data_to_send()
         tls = self._tls
@@ -390,8 +410,27 @@ class Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        t = self._transport
+        if t is None or t.is_closing() or self._lingering:
+            return
+        if self._eof or not self.proto.closed or not t.can_write_eof():
+            t.close()
+            return
+        # The session ended with replies on their way: send FIN after them and
+        # drop what the client still sends until it closes, or for a while.
+        try:
+            t.write_eof()
+        except (RuntimeError, OSError):
+            t.close()
+            return
+        self._lingering = 1
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_SECONDS, t.close)
+        if self._paused or self._write_paused:
+            self._paused = self._write_paused = False
+            with contextlib.suppress(RuntimeError):
+                t.resume_reading()
 
     # -- TLS ----------------------------------------------------------------------------
 
@@ -445,7 +484,7 @@ class Connection(asyncio.Protocol):
                     " OCSP=stapled" if info.ocsp_stapled else "")  # fmt: skip
 
     def shutdown(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if not self._gone:
             if self.proto.state in ("PROXY", "GREETING"):
                 self._close()
                 return
@@ -484,7 +523,7 @@ class Connection(asyncio.Protocol):
         if refusal is not None:
             self._refuse_client(refusal, store=refusal.startswith("Connection limits"))
             return False
-        if self._transport is None or self._transport.is_closing():
+        if self._gone:
             # The client left while Redis answered: give the slot back now.
             if self.slot is not None:
                 store.release(self.slot)
@@ -845,7 +884,7 @@ class Connection(asyncio.Protocol):
             reply = "451 4.3.0 Local error in processing: message not queued"
         finally:
             self._discard_spill()  # queued (moved into the spool), or not wanted
-        if self._transport is None or self._transport.is_closing():
+        if self._gone:
             if qid:
                 logger.info("%s <= <%s> H=(%s) %s P=%s S=%d for %s: client gone before the "
                             "250 reply", qid, env.mail_from, s.host_name, self._who(),
