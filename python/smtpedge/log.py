@@ -4,8 +4,9 @@ Lines look like Exim's main log: a timestamp, the process ID, then the event
 with ``H=`` for the real client and ``PX=`` for the proxy it came through.
 
 ``configure()`` (what ``smtpedge serve`` uses) never lets a slow disk or a
-full stderr pipe block the event loop: records go into a bounded queue that a
-writer thread empties. If the writer falls behind by more than ``QUEUE_MAX``
+full stderr pipe block the event loop: lines are formatted where they are
+logged and go into a bounded list that a writer thread empties, all that has
+gathered in one write. If the writer falls behind by more than ``QUEUE_MAX``
 lines, new lines are dropped and counted, and one line saying how many were
 lost is written when it catches up. A forked worker gets a writer of its own.
 
@@ -22,13 +23,13 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
 import os
-import queue
 import re
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["QUEUE_MAX", "JSONFormatter", "configure", "flush", "logger"]
 
@@ -76,43 +77,112 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-class _BoundedQueueHandler(logging.handlers.QueueHandler):
-    """Hands records to the writer thread; drops (and counts) when it is full."""
+class _TextFormatter(logging.Formatter):
+    """The text line: ``_FORMAT``, with the date part made once a second."""
 
     def __init__(self) -> None:
-        super().__init__(queue.Queue(QUEUE_MAX))
-        self.dropped = 0
+        super().__init__(_FORMAT, _DATEFMT)
+        self._second: tuple[int, str] = (-1, "")
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        q = self.queue
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg = f"{msg}\n{self.formatException(record.exc_info)}"
+        t = record.created
+        second, stamp = self._second
+        if int(t) != second:
+            second = int(t)
+            stamp = time.strftime(_DATEFMT, time.localtime(second))
+            self._second = (second, stamp)
+        return f"{stamp}.{int((t - second) * 1000):03d} [{record.process}] {msg}"
+
+
+class _BatchHandler(logging.Handler):
+    """Formats each record where it is logged and hands the line to the writer."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: the writer's list has its own.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            if self.dropped:
-                note = logging.makeLogRecord(
-                    {"msg": f"{self.dropped} log line(s) dropped: the log writer fell behind",
-                     "levelno": logging.WARNING, "levelname": "WARNING"}
-                )  # fmt: skip
-                q.put_nowait(note)
-                self.dropped = 0
-            q.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.writer.put(line)
 
 
 class _Writer:
-    """The queue handler on ``logger`` and the thread that writes its lines."""
+    """The handler on ``logger`` and the thread that writes its lines, as
+    many as have gathered in one write per target: a busy server wakes the
+    thread once per batch, not once per line."""
 
-    def __init__(self, targets: list[logging.Handler]) -> None:
+    def __init__(self, targets: list[logging.StreamHandler[Any]], formatter: logging.Formatter):
         self.targets = targets
-        self.handler = _BoundedQueueHandler()
-        self.listener = logging.handlers.QueueListener(self.handler.queue, *targets)
-        self.listener.start()
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self.dropped = 0
+        self.handler = _BatchHandler(self)
+        self.handler.setFormatter(formatter)
+        self._thread = threading.Thread(target=self._run, name="smtpedge-log", daemon=True)
+        self._thread.start()
         logger.addHandler(self.handler)
+
+    def put(self, line: str) -> None:
+        with self._lock:
+            if len(self._lines) >= QUEUE_MAX:
+                self.dropped += 1
+                return
+            self._lines.append(line)
+            first = len(self._lines) == 1
+        if first:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                lines, self._lines = self._lines, []
+                dropped, self.dropped = self.dropped, 0
+                stopping = self._stopping
+            if dropped:
+                note = logging.makeLogRecord(
+                    {"msg": f"{dropped} log line(s) dropped: the log writer fell behind",
+                     "levelno": logging.WARNING, "levelname": "WARNING"}
+                )  # fmt: skip
+                lines.append(self.handler.format(note))
+            if lines:
+                text = "\n".join(lines) + "\n"
+                for h in self.targets:
+                    h.acquire()
+                    try:
+                        h.stream.write(text)
+                        h.stream.flush()
+                    except (OSError, ValueError):
+                        pass  # a closed or broken stderr: the file still gets it
+                    finally:
+                        h.release()
+            if stopping:
+                return
 
     def stop(self) -> None:
         """Write what is queued, stop the thread (the targets stay open)."""
         logger.removeHandler(self.handler)
-        if self.listener._thread is not None:
-            self.listener.stop()
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        self._thread.join()
 
     def close(self) -> None:
         self.stop()
@@ -135,8 +205,8 @@ def configure(
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    formatter = JSONFormatter() if fmt == "json" else logging.Formatter(_FORMAT, _DATEFMT)
-    targets: list[logging.Handler] = []
+    formatter = JSONFormatter() if fmt == "json" else _TextFormatter()
+    targets: list[logging.StreamHandler[Any]] = []
     if stderr:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(formatter)
@@ -146,7 +216,7 @@ def configure(
         fh = logging.FileHandler(log_path, encoding="utf-8")
         fh.setFormatter(formatter)
         targets.append(fh)
-    _writer = _Writer(targets)
+    _writer = _Writer(targets, formatter)
     logger.setLevel(level)
     logger.propagate = False
 
@@ -188,7 +258,9 @@ def _after_fork_in_child() -> None:
         return
     old, _writer = _writer, None
     logger.removeHandler(old.handler)
-    _writer = _Writer(old.targets)
+    formatter = old.handler.formatter
+    assert formatter is not None
+    _writer = _Writer(old.targets, formatter)
 
 
 os.register_at_fork(

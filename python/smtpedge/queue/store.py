@@ -616,19 +616,27 @@ class GroupCommitter:
                 metrics.group_commit_size.observe(len(batch))
             except BaseException as exc:  # reported to every waiting session
                 error = exc
+            # One wake-up per event loop for the whole batch.
+            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
             for record, fut, loop in batch:
-                loop.call_soon_threadsafe(_settle, fut, failed.get(record.id, error))
+                answers.setdefault(loop, []).append((fut, failed.get(record.id, error)))
+            for loop, items in answers.items():
+                loop.call_soon_threadsafe(_settle, items)
             if stop:
                 return
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+_Answer = tuple["asyncio.Future[None]", BaseException | None]
+
+
+def _settle(items: list[_Answer]) -> None:
+    for fut, error in items:
+        if fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
 
 
 class StateWriter:
@@ -691,7 +699,10 @@ class StateWriter:
                 self.batches += 1
             except BaseException as exc:
                 error = exc
+            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
             for _, fut, loop in batch:
-                loop.call_soon_threadsafe(_settle, fut, error)
+                answers.setdefault(loop, []).append((fut, error))
+            for loop, items in answers.items():
+                loop.call_soon_threadsafe(_settle, items)
             if stop:
                 return

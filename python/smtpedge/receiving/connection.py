@@ -108,6 +108,10 @@ class ConnectionHost(Protocol):
     connections: ConnectionLimits
     tls: ServerTLS | None
     active: set[Connection]
+    # Where the transport reads into; the bytes are copied out at once, so
+    # every connection of one event loop shares it (asyncio's own reads would
+    # allocate, and on most systems map and unmap, a 256 KB buffer each).
+    read_buffer: memoryview
     needs_name: bool  # some host list names clients by their verified DNS name
     draining: bool  # health checks fail
     stopping: bool  # new sessions get 421
@@ -128,7 +132,7 @@ class ConnectionHost(Protocol):
         ...
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One client connection: feeds the protocol, runs hooks, keeps timers."""
 
     __slots__ = (
@@ -136,6 +140,7 @@ class Connection(asyncio.Protocol):
         "_eof",
         "_last",
         "_lingering",
+        "_loop",
         "_paused",
         "_progress",
         "_refusals",
@@ -160,6 +165,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: ConnectionHost) -> None:
         self.server = server
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set on connect
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
@@ -195,7 +201,8 @@ class Connection(asyncio.Protocol):
         self.counted = refusal is None
         expect_proxy = bool(cfg.hosts_proxy) and cfg.hosts_proxy.match(peer[0])
         self.proto = ServerConnection(srv.limits, expect_proxy=expect_proxy)
-        loop = asyncio.get_running_loop()
+        # Kept: each get_running_loop() costs a getpid() system call.
+        loop = self._loop = asyncio.get_running_loop()
         self._last = loop.time()
         if refusal is not None:
             metrics.connections.labels("refused_accept_max").inc()
@@ -216,6 +223,12 @@ class Connection(asyncio.Protocol):
             self._flush()
         else:
             self._start(self._welcome())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.server.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -323,7 +336,7 @@ class Connection(asyncio.Protocol):
             logger.info(fmt, *args)
 
     def _arm(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._last = loop.time()
         if self._timer is not None:
             self._timer.cancel()
@@ -333,7 +346,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         if self._gone:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         state = self.proto.state
         if state == "PROXY":
             metrics.connections.labels("timeout").inc()
@@ -366,7 +379,7 @@ class Connection(asyncio.Protocol):
             self._transport.abort()  # its unread replies would never drain
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._task = asyncio.get_running_loop().create_task(coro)
+        self._task = self._loop.create_task(coro)
         self._task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -380,7 +393,7 @@ class Connection(asyncio.Protocol):
             self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
             self._flush()
             return
-        self._last = asyncio.get_running_loop().time()  # the client waited for us
+        self._last = self._loop.time()  # the client waited for us
         if self._paused and self._transport is not None:
             self._paused = False
             if not self._write_paused:
@@ -426,7 +439,7 @@ class Connection(asyncio.Protocol):
         self._lingering = 1
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(_LINGER_SECONDS, t.close)
+        self._timer = self._loop.call_later(_LINGER_SECONDS, t.close)
         if self._paused or self._write_paused:
             self._paused = self._write_paused = False
             with contextlib.suppress(RuntimeError):
@@ -594,7 +607,7 @@ class Connection(asyncio.Protocol):
         if proto.progress != self._progress:
             # A line (command or data) was completed: its timeout starts again.
             self._progress = proto.progress
-            self._last = asyncio.get_running_loop().time()
+            self._last = self._loop.time()
         if (
             self._spill is not None
             or self._spill_error is not None
@@ -694,7 +707,7 @@ class Connection(asyncio.Protocol):
         metrics.proxy_headers.labels(str(header.version), header.command).inc()
         if header.command == "LOCAL":
             srv = self.server
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             if srv.last_health_check:
                 srv.health_check_interval = now - srv.last_health_check
             srv.last_health_check = now

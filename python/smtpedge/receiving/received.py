@@ -12,6 +12,7 @@ UTF8SMTP, UTF8SMTPS.
 from __future__ import annotations
 
 import email.utils
+import time
 from datetime import UTC, datetime
 
 from smtpedge.receiving.session import Envelope, Session
@@ -29,6 +30,20 @@ def protocol_name(session: Session, envelope: Envelope) -> str:
 def _clean(text: str) -> str:
     """An EHLO name as a comment-safe token (no CR/LF, parentheses or backslashes)."""
     return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
+
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date() -> str:
+    """The RFC 5322 date of now, made once a second."""
+    global _last_date
+    now = int(time.time())
+    second, text = _last_date
+    if now != second:
+        text = email.utils.format_datetime(datetime.fromtimestamp(now, UTC))
+        _last_date = (now, text)
+    return text
 
 
 def received_header(
@@ -51,6 +66,6 @@ def received_header(
                         f"({tls.cipher_bits} bits))")  # fmt: skip
     if len(envelope.recipients) == 1:
         lines[-1] += f"\n\tfor <{envelope.recipients[0].address}>"
-    lines[-1] += f"; {email.utils.format_datetime(datetime.now(UTC))}"
+    lines[-1] += f"; {_date()}"
     text = "\r\n".join("\r\n".join(part.split("\n")) for part in lines) + "\r\n"
     return text.encode("utf-8")

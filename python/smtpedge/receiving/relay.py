@@ -35,13 +35,28 @@ class RelayPolicy:
         self.primary_hostname = config.hostname
         self.own_addresses = tuple(config.local_interfaces)
         self._from: dict[tuple[str, str | None], bool] = {}
+        # domain -> (a valid domain, a local domain, a relay_to_domains one)
+        self._domains: dict[str, tuple[bool, bool, bool]] = {}
+
+    def _domain(self, domain: str) -> tuple[bool, bool, bool]:
+        known = self._domains.get(domain)
+        if known is None:
+            if len(self._domains) > 10_000:
+                self._domains.clear()
+            local = not domain or self.local_domains.match(
+                domain, self.primary_hostname, self.own_addresses
+            )
+            relay_to = bool(domain) and self.relay_to_domains.match(
+                domain, self.primary_hostname, self.own_addresses
+            )
+            valid = not domain or normalize_domain(domain) is not None
+            known = self._domains[domain] = (valid, local, relay_to)
+        return known
 
     def is_local(self, domain: str) -> bool:
         """Is this a domain we deliver to ourselves? (An address with no
         domain, ``<Postmaster>``, is local.)"""
-        if not domain:
-            return True
-        return self.local_domains.match(domain, self.primary_hostname, self.own_addresses)
+        return self._domain(domain)[1]
 
     def may_relay_from(self, ip: str, name: str | None = None) -> bool:
         key = (ip, name)
@@ -54,10 +69,9 @@ class RelayPolicy:
 
     def permits(self, domain: str, ip: str, name: str | None = None) -> bool:
         """May this client give a recipient in ``domain``?"""
-        if normalize_domain(domain) is None and domain:
+        valid, local, relay_to = self._domain(domain)
+        if not valid:
             return self.may_relay_from(ip, name)  # not a domain we could hold
-        if self.is_local(domain):
-            return True
-        if self.relay_to_domains.match(domain, self.primary_hostname, self.own_addresses):
+        if local or relay_to:
             return True
         return self.may_relay_from(ip, name)

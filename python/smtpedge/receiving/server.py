@@ -90,6 +90,7 @@ class Server:
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self.active: set[Connection] = set()
+        self.read_buffer = memoryview(bytearray(256 * 1024))
         self._committer: GroupCommitter | None = None
         self.messages_accepted = 0
         self.tls: ServerTLS | None = None
