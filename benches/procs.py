@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -24,8 +25,11 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from postfix import Postfix  # noqa: E402  (tests/postfix.py)
 from serverutil import free_port, wait_port  # noqa: E402
 
-__all__ = ["Postfix", "Proc", "Sink", "cpu_seconds", "free_port", "run_source", "smtpedge",
-           "tool"]  # fmt: skip
+__all__ = ["Postfix", "Proc", "Sink", "cpu_seconds", "free_port", "interleaved", "run_source",
+           "smtpedge", "tool"]  # fmt: skip
+
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "5000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def tool(name: str) -> str:
@@ -53,12 +57,13 @@ class Proc:
 
 def smtpedge(tmp: Path, extra: str = "", **options: Any) -> Proc:
     """``smtpedge serve`` on a free port with its data in ``tmp``; ``extra``
-    is more TOML (tables such as ``[[routers]]``)."""
+    is more TOML (tables such as ``[[routers]]``). An option given as None is
+    left at its default (``log_file_path=None``: the log file in ``tmp``)."""
     port = free_port()
-    lines = [f'spool_directory = "{tmp}"', f"daemon_smtp_ports = [{port}]",
-             'log_file_path = "-"', "smtp_accept_max = 20000"]  # fmt: skip
+    options = {"log_file_path": "-", "smtp_accept_max": 20000, **options}
+    lines = [f'spool_directory = "{tmp}"', f"daemon_smtp_ports = [{port}]"]
     lines += [f"{k} = {v!r}".replace("'", '"').replace("True", "true").replace("False", "false")
-              for k, v in options.items()]  # fmt: skip
+              for k, v in options.items() if v is not None]  # fmt: skip
     cfg = tmp / "bench.toml"
     cfg.write_text("\n".join(lines) + "\n" + extra)
     return Proc([sys.executable, "-m", "smtpedge", "serve", "--config", str(cfg)], port)
@@ -117,3 +122,30 @@ def cpu_seconds(pids: list[int]) -> float:
                 continue
             total += sum(int(f) for f in fields[11:15]) / tick
     return total
+
+
+def interleaved(
+    benchmark: Any, group: str, targets: dict[str, tuple[int, list[int]]], reuse: bool = False
+) -> None:
+    """smtp-source against each target in turn, ROUNDS times, so that a busy
+    moment of the machine hits them all alike. ``targets`` maps a name to the
+    port and the server PIDs whose CPU is counted (none: not counted). The
+    medians and the CPU per message go in extra_info."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+
+    def one_round() -> None:
+        for name, (port, pids) in targets.items():
+            c0 = cpu_seconds(pids)
+            t0 = time.perf_counter()
+            run_source(port, MESSAGES, reuse)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name] += cpu_seconds(pids) - c0
+
+    benchmark.group = group
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+    benchmark.extra_info["messages"] = MESSAGES
+    benchmark.extra_info["median_seconds"] = {n: statistics.median(t) for n, t in times.items()}
+    benchmark.extra_info["server_cpu_us_per_message"] = {
+        n: c / (MESSAGES * ROUNDS) * 1e6 for n, c in cpu.items() if targets[n][1]
+    }

@@ -19,14 +19,10 @@ def label(name: str) -> str:
 
 
 def server_tables(run: dict[str, Any]) -> None:
-    """Messages per second under smtp-source, and the ratios the targets name."""
-    rates: dict[str, dict[str, float]] = defaultdict(dict)
+    """Messages per second under smtp-source, the ratios the targets name, and
+    the CPU each server spent per message."""
     for b in run["benchmarks"]:
-        if b["group"].startswith("server"):
-            name = b["name"].split("[", 1)[1].rstrip("]")
-            name = name.rsplit("-", 2)[0]  # drop "-new-connections" / "-reused-connections"
-            rates[b["group"]][name] = b["extra_info"]["messages"] / b["stats"]["median"]
-        elif b["group"] == "queue runner memory":
+        if b["group"] == "queue runner memory":
             info = b["extra_info"]
             print(
                 "queue runner, allocation peak of a delivery run: "
@@ -40,16 +36,21 @@ def server_tables(run: dict[str, Any]) -> None:
             before, after = info["rss_before_mb"], info["rss_after_mb"]
             print(f"{info['connections']} idle connections: server RSS {before:.1f} MB before, "
                   f"{after:.1f} MB after\n")  # fmt: skip
-    for group in sorted(rates):
-        rows = rates[group]
+    for b in sorted(run["benchmarks"], key=lambda b: b["group"]):
+        if not b["group"].startswith("server") or "median_seconds" not in b["extra_info"]:
+            continue
+        info = b["extra_info"]
+        rows = {n: info["messages"] / t for n, t in info["median_seconds"].items()}
+        cpus = info["server_cpu_us_per_message"]
         bases = [rows.get("postfix-durable"), rows.get("aiosmtpd-durable"),
-                 rows.get("aiosmtpd-discard")]  # fmt: skip
-        print(f"| {group} | messages/s | vs Postfix durable | vs aiosmtpd durable "
-              "| vs aiosmtpd discarding |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|")
+                 rows.get("smtp-sink")]  # fmt: skip
+        print(f"| {b['group']} | messages/s | vs Postfix durable | vs aiosmtpd durable "
+              "| vs smtp-sink | server CPU per message |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|")
         for name, rate in sorted(rows.items(), key=lambda kv: -kv[1]):
-            ratios = " | ".join(f"{rate / b:.2f}x" if b else "" for b in bases)
-            print(f"| {name} | {rate:,.0f} | {ratios} |")
+            ratios = " | ".join(f"{rate / base:.2f}x" if base else "" for base in bases)
+            cpu = f"{cpus[name]:,.0f} us" if name in cpus else ""
+            print(f"| {name} | {rate:,.0f} | {ratios} | {cpu} |")
         plain, v2 = rows.get("smtpedge-via-haproxy"), rows.get("smtpedge-via-haproxy-proxy-v2")
         if plain and v2:
             print(f"\nPROXY v2 through haproxy: {v2:,.0f} vs {plain:,.0f} messages/s without "

@@ -12,23 +12,19 @@ gains.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from procs import Proc, cpu_seconds, free_port, run_source, smtpedge, tool
+from procs import Proc, free_port, interleaved, smtpedge, tool
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from redislab import RedisServer  # tests/redislab.py
 
-MESSAGES = int(os.environ.get("BENCH_MESSAGES", "5000"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 LIMITS = {"smtp_accept_max_per_host": 1000, "smtp_connect_ratelimit": "1000000 / 1m / per_conn"}
 
 
@@ -43,29 +39,6 @@ def _node(tmp: Path, name: str, **options: Any) -> Proc:
     return smtpedge(tmp / name, event_loop="asyncio", queue_only=True, **options)
 
 
-def _interleaved(benchmark: Any, group: str, targets: dict[str, tuple[int, list[int]]]) -> None:
-    """smtp-source against each target in turn, ROUNDS times, so that a busy
-    moment of the machine hits them all alike; the medians go in extra_info."""
-    times: dict[str, list[float]] = {name: [] for name in targets}
-    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
-
-    def one_round() -> None:
-        for name, (port, pids) in targets.items():
-            c0 = cpu_seconds(pids)
-            t0 = time.perf_counter()
-            run_source(port, MESSAGES, False)
-            times[name].append(time.perf_counter() - t0)
-            cpu[name] += cpu_seconds(pids) - c0
-
-    benchmark.group = group
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info["messages"] = MESSAGES
-    benchmark.extra_info["median_seconds"] = {n: statistics.median(t) for n, t in times.items()}
-    benchmark.extra_info["server_cpu_us_per_message"] = {
-        n: c / (MESSAGES * ROUNDS) * 1e6 for n, c in cpu.items() if targets[n][1]
-    }
-
-
 def test_limits_per_connection(benchmark: Any, bench_tmp: Path) -> None:
     """No per-host limits, the shared-memory table, Redis: one new connection
     per message, so each message pays one admission and one release."""
@@ -77,7 +50,7 @@ def test_limits_per_connection(benchmark: Any, bench_tmp: Path) -> None:
     }
     try:
         targets = {n: (e.port, [e.proc.pid]) for n, e in edges.items()}
-        _interleaved(benchmark, "limits per connection", targets)
+        interleaved(benchmark, "limits per connection", targets)
     finally:
         for e in edges.values():
             e.stop()
@@ -112,7 +85,7 @@ def test_nodes_behind_haproxy(benchmark: Any, bench_tmp: Path) -> None:
             hp = _haproxy(bench_tmp / f"{name}-0", [("127.0.0.1", e.port) for e in edges])
             procs.append(hp)
             targets[name] = (hp.port, [e.proc.pid for e in edges])
-        _interleaved(benchmark, "cluster behind haproxy", targets)
+        interleaved(benchmark, "cluster behind haproxy", targets)
     finally:
         for p in reversed(procs):
             p.stop()

@@ -1,13 +1,17 @@
-"""Server throughput under Postfix's smtp-source, every server in one run:
-smtpedge (durable queue; asyncio, uvloop, two workers; through haproxy with
-and without PROXY v2), aiosmtpd 1.4.6 writing and fsyncing each message,
-aiosmtpd discarding, Postfix's smtpd writing into its own queue (durable,
-its queue manager stopped) and Postfix's smtp-sink as the C baseline.
+"""Accept speed under Postfix's smtp-source, every server in one interleaved
+run: smtpedge as ``smtpedge serve`` runs it out of the box (a worker per CPU,
+uvloop, its log file) and with one worker (uvloop; asyncio's own loop),
+smtpedge behind haproxy (with and without PROXY v2), Postfix's smtpd writing
+into its own queue (durable, its queue manager stopped), aiosmtpd 1.4.6
+writing and fsyncing each message, aiosmtpd discarding, and Postfix's
+smtp-sink as the C baseline that keeps nothing.
 
-smtp-source sends MESSAGES messages of 2 KB over 20 parallel sessions, either
-a new connection per message or reusing connections (-d). Each benchmark's
-time is one whole run; ``benches/report.py`` turns it into messages per
-second and ratios. Also here: the memory of 10,000 idle connections.
+All the servers run at once; each round sends MESSAGES messages of 2 KB over
+20 parallel sessions to each in turn, so a busy moment of the shared machine
+hits them all alike. One test sends a new connection per message, the other
+reuses connections (-d). ``benches/report.py`` turns the medians into
+messages per second, ratios and server CPU per message. Also here: the
+memory of 10,000 idle connections.
 """
 
 from __future__ import annotations
@@ -24,10 +28,7 @@ from typing import Any
 
 import pytest
 
-from procs import HERE, Postfix, Proc, cpu_seconds, free_port, run_source, smtpedge, tool
-
-MESSAGES = int(os.environ.get("BENCH_MESSAGES", "5000"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+from procs import HERE, MESSAGES, Postfix, Proc, free_port, interleaved, smtpedge, tool
 
 
 def aiosmtpd(tmp: Path, mode: str) -> Proc:
@@ -43,7 +44,7 @@ def smtp_sink() -> Proc:
 
 def haproxy(tmp: Path, target: int, send_proxy: bool) -> Proc:
     port = free_port()
-    cfg = tmp / "haproxy.cfg"
+    cfg = tmp / f"haproxy-{port}.cfg"
     option = " send-proxy-v2" if send_proxy else ""
     cfg.write_text(
         "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 5s\n"
@@ -66,84 +67,64 @@ class PostfixProc:
         self.proc = self.postfix.proc
 
     def stop(self) -> None:
-        queued = len(self.postfix.queued())
         self.postfix.stop()
-        assert queued >= MESSAGES, f"Postfix queued {queued} messages"
 
 
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-SERVERS = [
-    "smtpedge-durable",
-    "smtpedge-durable-uvloop",
-    "smtpedge-durable-2-workers",
-    "smtpedge-via-haproxy",
-    "smtpedge-via-haproxy-proxy-v2",
-    "postfix-durable",
-    "aiosmtpd-durable",
-    "aiosmtpd-discard",
-    "smtp-sink",
-]
+def _edge(tmp: Path, name: str, **options: Any) -> Proc:
+    """smtpedge accepting only (queue_only: the queue runner does not
+    deliver, as Postfix's queue manager is stopped); its defaults otherwise,
+    the log file included."""
+    (tmp / name).mkdir()
+    return smtpedge(tmp / name, queue_only=True, log_file_path=None, smtp_accept_max=None,
+                    **options)  # fmt: skip
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Path, list[int]]]:
-    name: str = request.param
-    procs: list[Proc | PostfixProc] = []
+def servers() -> Iterator[dict[str, tuple[int, list[int]]]]:
+    procs: list[Any] = []
+    targets: dict[str, tuple[int, list[int]]] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         tmp = Path(d)
-        if name.startswith("smtpedge"):
-            # Accepting only: the queue runner does not run.
-            options: dict[str, Any] = {"event_loop": "asyncio", "queue_only": True}
-            if "uvloop" in name:
-                if not _has_uvloop():
-                    pytest.skip("uvloop is not installed (pip install smtpedge[fast])")
-                options["event_loop"] = "uvloop"
-            if "2-workers" in name:
-                options["workers"] = 2
-            if "proxy-v2" in name:
-                options["hosts_proxy"] = ["127.0.0.1"]
-            edge = smtpedge(tmp, **options)
-            procs.append(edge)
-            port = edge.port
-            if "haproxy" in name:
-                hp = haproxy(tmp, edge.port, "proxy-v2" in name)
-                procs.append(hp)
-                port = hp.port
-        elif name.startswith("postfix"):
-            procs.append(PostfixProc())
-            port = procs[-1].port
-        elif name.startswith("aiosmtpd"):
-            procs.append(aiosmtpd(tmp, name.split("-")[1]))
-            port = procs[-1].port
-        else:
-            procs.append(smtp_sink())
-            port = procs[-1].port
-        server_pids = [p.proc.pid for p in procs if "haproxy" not in str(p.proc.args)]
         try:
-            yield port, tmp, server_pids
+            for name, options in (
+                ("smtpedge", {}),
+                ("smtpedge-1-worker", {"workers": 1}),
+                ("smtpedge-1-worker-asyncio", {"workers": 1, "event_loop": "asyncio"}),
+            ):
+                edge = _edge(tmp, name, **options)
+                procs.append(edge)
+                targets[name] = (edge.port, [edge.proc.pid])
+            for name, proxy in (("smtpedge-via-haproxy", False),
+                                ("smtpedge-via-haproxy-proxy-v2", True)):  # fmt: skip
+                edge = _edge(tmp, name, hosts_proxy=["127.0.0.1"] if proxy else [])
+                hp = haproxy(tmp, edge.port, proxy)
+                procs += [edge, hp]
+                targets[name] = (hp.port, [edge.proc.pid])
+            pf = PostfixProc()
+            procs.append(pf)
+            targets["postfix-durable"] = (pf.port, [pf.proc.pid])
+            for mode in ("durable", "discard"):
+                (tmp / mode).mkdir()
+                ai = aiosmtpd(tmp / mode, mode)
+                procs.append(ai)
+                targets[f"aiosmtpd-{mode}"] = (ai.port, [ai.proc.pid])
+            sink = smtp_sink()
+            procs.append(sink)
+            targets["smtp-sink"] = (sink.port, [sink.proc.pid])
+            yield targets
+            queued = len(pf.postfix.queued())
+            assert queued >= MESSAGES, f"Postfix queued {queued} messages"
         finally:
             for p in reversed(procs):
                 p.stop()
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["new-connections", "reused-connections"])
-@pytest.mark.parametrize("server", SERVERS, indirect=True)
-def test_smtp_source(benchmark: Any, server: tuple[int, Path, list[int]], reuse: bool) -> None:
-    port, _, pids = server
-    benchmark.group = f"server, {'reused' if reuse else 'new'} connections"
-    benchmark.extra_info["messages"] = MESSAGES
-    cpu0 = cpu_seconds(pids)
-    benchmark.pedantic(run_source, args=(port, MESSAGES, reuse), rounds=ROUNDS, iterations=1)
-    # CPU the server itself (not the client, not haproxy) spent per message.
-    cpu = cpu_seconds(pids) - cpu0
-    benchmark.extra_info["server_cpu_us_per_message"] = cpu / (MESSAGES * ROUNDS) * 1e6
+def test_smtp_source(
+    benchmark: Any, servers: dict[str, tuple[int, list[int]]], reuse: bool
+) -> None:
+    group = f"server, {'reused' if reuse else 'new'} connections"
+    interleaved(benchmark, group, servers, reuse)
 
 
 def _rss_kb(pid: int) -> int:
@@ -173,7 +154,7 @@ def test_idle_connections_memory(benchmark: Any, tmp_path: Path) -> None:
     count = int(os.environ.get("BENCH_IDLE", "10000"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1000)), hard))
-    edge = smtpedge(tmp_path, event_loop="asyncio")
+    edge = smtpedge(tmp_path, event_loop="asyncio", workers=1)
     try:
         before = _rss_kb(edge.proc.pid)
         loop = asyncio.new_event_loop()

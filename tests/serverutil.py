@@ -171,6 +171,9 @@ class ServeProcess:
         import sys
 
         options.setdefault("queue_only", True)
+        # One process unless a test asks for more (workers = 0 is the default:
+        # one per CPU), so that proc.pid is the server that answers.
+        options.setdefault("workers", 1)
         self.port = options.pop("port", None) or free_port()
         self.spool = spool
         spool.mkdir(parents=True, exist_ok=True)

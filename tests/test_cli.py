@@ -76,7 +76,7 @@ def test_serve_help_shows_the_defaults() -> None:
     assert "(default: 2525)" in out
     assert "(default: 127.0.0.1)" in out
     assert "./smtpedge-data" in out
-    assert "(default: 1)" in out, "workers"
+    assert "(default: one per CPU)" in out, "workers"
 
 
 def test_queue_without_a_data_directory_says_so(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_queue_options_go_before_or_after_the_sub_command(tmp_path: Path) -> Non
 
 def test_every_mistake_in_a_config_file_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('workers = 0\nsmtp_banner_dely = "1s"\nmessage_size_limit = "lots"\n')
+    bad.write_text('workers = 65\nsmtp_banner_dely = "1s"\nmessage_size_limit = "lots"\n')
     r = _smtpedge("serve", "--config", str(bad))
     assert r.returncode == 2
     err = r.stderr

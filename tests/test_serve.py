@@ -41,6 +41,8 @@ def test_serve_with_no_arguments_uses_the_embedded_default(tmp_path: Path) -> No
     assert len(Queue(data)) == 0
     log = (data / "log" / "main.log").read_text()
     assert "listening on [127.0.0.1]:2525" in log and "<= <a@example.org>" in log
+    cpus = len(os.sched_getaffinity(0))
+    assert f"smtpedge starting: {cpus} worker(s), uvloop," in log, "the defaults: a worker per CPU"
     assert "=> <root@localhost> R=localuser T=local_delivery" in log
     assert b"<= <a@example.org>" in err, "log lines go to stderr too"
     listing = subprocess.run([sys.executable, "-m", "smtpedge", "queue", "list"],

@@ -333,10 +333,15 @@ class Config:
         "Text of the 220 greeting; {hostname} and {version} are replaced.",
     )
     workers: int = _opt(
-        1, _int(1, 64), "Worker processes sharing the listening sockets (SO_REUSEPORT)."
+        0,
+        _int(0, 64),
+        "Worker processes sharing the listening sockets (SO_REUSEPORT); 0: one per CPU "
+        "the server may run on.",
     )
     event_loop: str = _opt(
-        "auto", _choice("auto", "uvloop", "asyncio"), "auto uses uvloop when it is installed."
+        "auto",
+        _choice("auto", "uvloop", "asyncio"),
+        "auto: uvloop (installed with smtpedge) where it runs, else asyncio's own loop.",
     )
     smtp_accept_max: int = _opt(
         1000, _int(0), "Most simultaneous connections, all workers together (0: no limit)."

@@ -24,7 +24,7 @@ def _load_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, object] = {}
     if getattr(args, "spool_directory", None):
         overrides["spool_directory"] = args.spool_directory
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:
         overrides["workers"] = args.workers
     if getattr(args, "port", None) is not None:
         overrides["daemon_smtp_ports"] = [args.port]
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     serve.add_argument("--config", help=config_help + " (default: the embedded default)")
     serve.add_argument("--workers", type=int,
-                       help=f"worker processes (default: {defaults.workers})")  # fmt: skip
+                       help="worker processes (default: one per CPU)")  # fmt: skip
     serve.add_argument("--port", type=int, help=f"listen on this port (default: {port})")
     serve.add_argument("--listen", help=f"listen on this address (default: {listen})")
     serve.add_argument("--spool-directory", help=where)

@@ -126,6 +126,17 @@ def _event_loop_factory(config: Config) -> Any:
     return None
 
 
+def worker_count(config: Config) -> int:
+    """``workers``, with 0 meaning one per CPU this process may run on."""
+    if config.workers:
+        return config.workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 64))
+
+
 def checked_reload(current: Config, load: Loader) -> Config | None:
     """The configuration read again and checked (certificates, routers and
     transports built once), with the restart-only options kept as they are;
@@ -285,11 +296,11 @@ def _run(config: Config, handler: Any, load: Loader | None) -> int:
     loop_name = "uvloop" if _event_loop_factory(config) else "asyncio"
     logger.info(
         "smtpedge starting: %d worker(s), %s, spool %s, %d message(s) queued%s",
-        config.workers, loop_name, config.spool_path.resolve(), queued,
+        worker_count(config), loop_name, config.spool_path.resolve(), queued,
         f", {orphans} half-written spool file(s) removed" if orphans else "",
     )  # fmt: skip
     try:
-        if config.workers == 1:
+        if worker_count(config) == 1:
             _serve_worker(config, socks, handler, ready=lambda: _log_ready(1), load=load)
             logger.info("smtpedge stopped")
             return 0
@@ -304,7 +315,7 @@ def _start_metrics(config: Config) -> Any:
     supervisor summing its workers' files); None when they are off."""
     if not config.metrics_address:
         return None
-    multiprocess = config.workers > 1
+    multiprocess = worker_count(config) > 1
     if multiprocess:
         metrics.prepare_multiprocess(config.spool_path)
     else:
@@ -353,7 +364,7 @@ def _supervise(
     children: dict[int, int] = {}
     stopping = False
     # Per-client connection counts and rates, shared by every worker.
-    table = SharedHostTable(workers=config.workers)
+    table = SharedHostTable(workers=worker_count(config))
     parent = os.getpid()
     ready_r, ready_w = os.pipe()
     wake_r, wake_w = os.pipe()
@@ -409,7 +420,7 @@ def _supervise(
     signal.signal(signal.SIGHUP, on_hangup)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_w)
-    for slot in range(config.workers):
+    for slot in range(worker_count(config)):
         spawn(slot)
     ready: set[int] = set()  # workers that listen
     pending = b""
