@@ -250,19 +250,21 @@ def test_recipients_past_the_overshoot_end_the_session(tmp_path: Path) -> None:
         assert lines
 
 
-def test_replies_survive_input_sent_after_quit(tmp_path: Path) -> None:
-    """A client that sends QUIT with a stream of junk behind it still gets
-    every reply: the server half-closes and drops the rest of its input for a
-    while instead of closing with unread input (which makes the kernel send a
-    reset that throws the replies away)."""
+def test_replies_survive_input_behind_a_closing_error(tmp_path: Path) -> None:
+    """A client whose pipelined commands end its session (too many unknown
+    commands: 421) with a stream of junk behind them still gets every reply:
+    the server half-closes and drops the rest of its input for a while
+    instead of closing with unread input (which makes the kernel send a reset
+    that throws the replies away)."""
     # Without smtp_enforce_sync the junk is not an early-talker error.
-    with ServeProcess(tmp_path / "data", smtp_enforce_sync=False) as srv:
+    with ServeProcess(tmp_path / "data", smtp_enforce_sync=False,
+                      smtp_max_unknown_commands=3) as srv:  # fmt: skip
         for _ in range(10):
             c = Client(srv.port, timeout=30)
             assert c.reply().startswith("220")
             assert "PIPELINING" in c.cmd("EHLO junk.example")
             sock = c.sock
-            junk = b"NOOP\r\nQUIT\r\n" + b"x" * 200_000
+            junk = b"NOOP\r\n" + b"FOO\r\n" * 4 + b"x" * 200_000
 
             def send(sock: socket.socket = sock, junk: bytes = junk) -> None:
                 try:
@@ -278,7 +280,7 @@ def test_replies_survive_input_sent_after_quit(tmp_path: Path) -> None:
                 got += chunk
             sender.join(30)
             sock.close()
-            assert b"\r\n221 " in got, got[-200:]
+            assert b"\r\n421 " in got, got[-200:]
         assert served(srv.port)
 
 

@@ -143,6 +143,7 @@ class Connection(asyncio.BufferedProtocol):
         "_loop",
         "_paused",
         "_progress",
+        "_quit",
         "_refusals",
         "_spill",
         "_spill_error",
@@ -176,6 +177,7 @@ class Connection(asyncio.BufferedProtocol):
         self._storing = False  # a message is being committed: never cancel that
         self._refusals = 0
         self._closing = False
+        self._quit = False  # the session ended with QUIT
         self._lingering = 0  # > 0: replies sent and half-closed; bytes dropped + 1
         self._spill: BinaryIO | None = None
         self._spill_error: OSError | None = None
@@ -426,11 +428,13 @@ class Connection(asyncio.BufferedProtocol):
         t = self._transport
         if t is None or t.is_closing() or self._lingering:
             return
-        if self._eof or not self.proto.closed or not t.can_write_eof():
+        if self._eof or self._quit or not self.proto.closed or not t.can_write_eof():
+            # (After QUIT a client sends nothing more, RFC 5321 4.1.1.10.)
             t.close()
             return
-        # The session ended with replies on their way: send FIN after them and
-        # drop what the client still sends until it closes, or for a while.
+        # The server ended the session (421, 554, ...) with replies on their
+        # way and perhaps more input behind them: send FIN after the replies
+        # and drop what the client still sends until it closes, or a while.
         try:
             t.write_eof()
         except (RuntimeError, OSError):
@@ -688,6 +692,7 @@ class Connection(asyncio.BufferedProtocol):
             if "RSET" in self.server.hooks:
                 self._start(self._call_void("RSET"))
         elif isinstance(event, ev.Quit):
+            self._quit = True
             if not (self._health_check and not s.messages):  # checks come every few seconds
                 logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
                             s.messages, "" if s.messages == 1 else "s")  # fmt: skip
