@@ -89,7 +89,8 @@ def test_swaks_proxy_protocol(spool: Path, version: str) -> None:
                     "--proxy-source", "192.0.2.44", "--proxy-source-port", "4444",
                     "--proxy-dest", "198.51.100.1", "--proxy-dest-port", "25")  # fmt: skip
         assert "250 2.0.0 OK id=" in out
-        log = srv.log
+        # The log is written off the event loop: wait for the line, not a moment.
+        log = srv.wait_log("H=(swaks.example) [192.0.2.44]:4444 PX=[127.0.0.1]:")
     [msg] = list(queued(spool).messages())
     content = queued(spool).content(msg.id) or b""
     assert b"from swaks.example ([192.0.2.44]:4444 via proxy [127.0.0.1])" in content
@@ -176,7 +177,7 @@ def test_haproxy_health_checks_and_direct_clients(
         swaks(smtp, "--to", "b@example.net", expect=6)
         swaks(v1, "--from", "a@example.org", "--to", "b@example.net",
               "--local-interface", "127.0.0.7")  # fmt: skip
-        assert "H=(swaks.example) [127.0.0.7]" in srv.log
+        assert "H=(swaks.example) [127.0.0.7]" in srv.wait_log("H=(swaks.example) [127.0.0.7]")
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["new-connection-each", "reuse"])
