@@ -400,3 +400,65 @@ def test_argument_types_agree() -> None:
             assert r[0] == p[0], (name, value, r, p)
             if r[0] == "raise":
                 assert r[1] is p[1], (name, value, r, p)
+
+
+# --- the shared host table ---------------------------------------------------
+
+table_hosts = st.sampled_from(
+    ["192.0.2.1", "192.0.2.2", "::ffff:192.0.2.1", "2001:db8::1", "2001:db8::2", "fe80::1%eth0",
+     "fe80::1", "10.0.0.7", "not-an-address", "[unknown]", ""]
+) | ipv4  # fmt: skip
+table_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("update"),
+            table_hosts,
+            st.integers(-3, 3),
+            st.floats(0, 1e6, allow_nan=False),
+            st.integers(0, 2),
+        ),
+        st.tuples(st.just("get"), table_hosts),
+        st.tuples(st.just("forget"), st.integers(-1, 3)),
+        st.tuples(st.just("worker"), st.integers(-1, 3)),
+    ),
+    max_size=150,
+)
+
+
+def _table_run(m: Any, ops: list[tuple[Any, ...]]) -> list[Any]:
+    t = m.SharedHostTable(slots=64, workers=3)
+    out: list[Any] = [t.slots, t.workers, t.worker]
+    for i, op in enumerate(ops):
+        if op[0] == "update":
+            _, host, delta, rate, worker = op
+            t.worker = worker
+            with t.lock:
+                # Distinct times: which entries a compaction keeps is then fixed.
+                t.update(host, delta, rate, float(i))
+        elif op[0] == "get":
+            out.append(outcome(t.get, op[1]))
+        elif op[0] == "forget":
+            out.append(outcome(t.forget_worker, op[1]))
+        else:
+            out.append(outcome(setattr, t, "worker", op[1]))
+    return out + [t.get(h) for h in ("192.0.2.1", "2001:db8::1", "not-an-address")]
+
+
+@given(table_ops)
+def test_shared_host_table_agrees(ops: list[tuple[Any, ...]]) -> None:
+    assert _table_run(_native, ops) == _table_run(_pure, ops)
+
+
+def test_shared_host_table_errors_agree() -> None:
+    for slots, workers in ((0, 1), (63, 1), (-64, 1), (64, 0), (64, 1025)):
+        r = outcome(_native.SharedHostTable, slots, workers)
+        p = outcome(_pure.SharedHostTable, slots, workers)
+        assert r[:3] == p[:3] and r[0] == "raise", (slots, workers, r, p)
+
+    def nested(m: Any) -> tuple[Any, ...]:
+        t = m.SharedHostTable(slots=64)
+        with t.lock:
+            return outcome(t.lock.__enter__)
+
+    r, p = nested(_native), nested(_pure)
+    assert r[:3] == p[:3] == ("raise", RuntimeError, "the host table lock is already held")

@@ -84,3 +84,27 @@ def test_shared_ratelimit() -> None:
     assert limits.admit("192.0.2.5") is None
     refusal = limits.admit("192.0.2.5")
     assert refusal is not None and "rate" in refusal
+
+
+def test_the_lock_excludes_other_workers() -> None:
+    """Workers that read, change and write back the same entry under the lock
+    lose no update: the lock excludes across processes."""
+    t = SharedHostTable(slots=64, workers=2)
+    t.update("192.0.2.3", 0, 0.0, 1.0)
+    rounds = 3000
+    pids = []
+    for worker in (0, 1):
+        pid = os.fork()
+        if pid == 0:
+            t.worker = worker
+            for _ in range(rounds):
+                with t.lock:
+                    state = t.get("192.0.2.3")
+                    assert state is not None
+                    t.update("192.0.2.3", 1, state[1] + 1.0, 1.0)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert t.get("192.0.2.3") == (2 * rounds, 2.0 * rounds, 1.0)

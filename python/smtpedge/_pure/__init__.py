@@ -4,6 +4,7 @@
 from smtpedge._pure.certnames import match_hostname, verify_names
 from smtpedge._pure.crc32c import crc32c
 from smtpedge._pure.data import DataScanner, dot_stuff
+from smtpedge._pure.hosttable import HostTableLock, SharedHostTable
 from smtpedge._pure.proxy import ProxyHeader, SSLInfo, build_header, parse_header
 from smtpedge._pure.smtpline import Command, Path, Reply, parse_command, parse_reply
 from smtpedge._pure.xtext import (
@@ -25,10 +26,12 @@ __all__ = [
     "BUILD_PROFILE",
     "Command",
     "DataScanner",
+    "HostTableLock",
     "Path",
     "ProxyHeader",
     "Reply",
     "SSLInfo",
+    "SharedHostTable",
     "build_header",
     "crc32c",
     "dot_stuff",

@@ -1,6 +1,8 @@
-//! smtpedge-core: the hot paths of smtpedge as pure functions over bytes.
+//! smtpedge-core: the hot paths of smtpedge as pure functions over bytes,
+//! and the connection table that worker processes share (`hosttable`, the
+//! one module that touches the system: a shared mapping and its lock).
 //!
-//! No I/O and no Python here; `smtpedge-py` exposes these to Python as
+//! No other I/O and no Python here; `smtpedge-py` exposes these to Python as
 //! `smtpedge._native`, and `python/smtpedge/_pure` holds their pure-Python
 //! twins, which must agree with them on every input.
 
@@ -8,6 +10,7 @@ pub mod certnames;
 pub mod crc32c;
 pub mod data;
 pub mod error;
+pub mod hosttable;
 pub mod ip;
 pub mod proxy;
 pub mod smtpline;

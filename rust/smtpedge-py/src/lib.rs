@@ -13,7 +13,9 @@ use smtpedge_core::ip::IpBytes;
 use smtpedge_core::{certnames, crc32c, data, proxy, smtpline, xtext, Error, ErrorKind};
 
 mod classes;
+mod hosttable;
 use classes::{Command, Path, ProxyHeader, Reply, SSLInfo};
+use hosttable::{HostTableLock, SharedHostTable};
 
 pyo3::import_exception!(smtpedge.errors, ProxyProtocolError);
 pyo3::import_exception!(smtpedge.errors, IncompleteHeader);
@@ -348,6 +350,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Path>()?;
     m.add_class::<Reply>()?;
     m.add_class::<DataScanner>()?;
+    m.add_class::<SharedHostTable>()?;
+    m.add_class::<HostTableLock>()?;
     m.add_function(wrap_pyfunction!(parse_header, m)?)?;
     m.add_function(wrap_pyfunction!(build_header, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c, m)?)?;
