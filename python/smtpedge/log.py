@@ -38,6 +38,9 @@ logger = logging.getLogger("smtpedge")
 _FORMAT = "%(asctime)s.%(msecs)03d [%(process)d] %(message)s"
 _DATEFMT = "%Y-%m-%d %H:%M:%S"
 QUEUE_MAX = 10_000
+# After the first line of a batch, the writer waits this long for more, so a
+# busy server wakes it and writes once per batch, not once per line.
+GATHER_SECONDS = 0.02
 
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{16}\Z")
 _FLAGS = frozenset({"<=", "=>", "**", "==", "->"})
@@ -122,14 +125,17 @@ class _BatchHandler(logging.Handler):
 
 class _Writer:
     """The handler on ``logger`` and the thread that writes its lines, as
-    many as have gathered in one write per target: a busy server wakes the
-    thread once per batch, not once per line."""
+    many as have gathered in one write per target: the first line of a batch
+    wakes the thread, which waits ``GATHER_SECONDS`` for more, so a busy server
+    wakes it once per batch, not once per line (a line reaches the log at
+    most that much later; stopping writes at once)."""
 
     def __init__(self, targets: list[logging.StreamHandler[Any]], formatter: logging.Formatter):
         self.targets = targets
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._stopping = False
         self.dropped = 0
         self.handler = _BatchHandler(self)
@@ -151,6 +157,7 @@ class _Writer:
     def _run(self) -> None:
         while True:
             self._wake.wait()
+            self._stop.wait(GATHER_SECONDS)
             self._wake.clear()
             with self._lock:
                 lines, self._lines = self._lines, []
@@ -181,6 +188,7 @@ class _Writer:
         logger.removeHandler(self.handler)
         with self._lock:
             self._stopping = True
+        self._stop.set()
         self._wake.set()
         self._thread.join()
 
