@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from smtpedge import metrics
 from smtpedge.esmtp import MailParams, RcptParams, Recipient
@@ -46,6 +46,8 @@ __all__ = [
     "make_record",
     "new_queue_id",
 ]
+
+_Item = TypeVar("_Item")
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: sortable, unambiguous
 
@@ -553,56 +555,40 @@ def make_record(
                          content_file, size)  # fmt: skip
 
 
-class GroupCommitter:
-    """Commits messages from many sessions together, in one writer thread.
+class _Committer(Generic[_Item]):
+    """A writer thread that commits what many sessions hand it, every item
+    that arrived while the previous commit was syncing in one transaction,
+    and answers each waiting event loop once per commit."""
 
-    ``await committer.store(...)`` returns once the message is on stable
-    storage (or raises, and then nothing was stored).
-    """
-
-    def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
+    def __init__(
+        self, directory: str | Path, *, inline_max: int, batch_max: int, name: str
+    ) -> None:
         self._queue = Queue(directory, inline_max=inline_max)
         self._batch_max = batch_max
         self._requests: _stdqueue.SimpleQueue[
-            tuple[MessageRecord, asyncio.Future[None], asyncio.AbstractEventLoop] | None
+            tuple[_Item, asyncio.Future[None], asyncio.AbstractEventLoop] | None
         ] = _stdqueue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="smtpedge-commit", daemon=True)
         self.batches = 0
-        self.committed = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    async def store(
-        self,
-        sender: str,
-        recipients: list[Recipient] | tuple[Recipient, ...],
-        content: bytes,
-        *,
-        mail_params: MailParams,
-        raw_mail_params: tuple[tuple[str, str | None], ...],
-        client: dict[str, Any],
-        queue_id: str | None = None,
-        header: bytes = b"",
-        content_file: str | None = None,
-    ) -> int:
-        """Store a message: ``header`` (the Received line) and then either
-        ``content`` or the file ``content_file``, which is moved into the spool.
-        Return the size stored."""
-        record = make_record(sender, recipients, content, mail_params, raw_mail_params,
-                             client, queue_id, header, content_file)  # fmt: skip
+    async def _submit(self, item: _Item) -> None:
+        """Hand ``item`` to the thread; return once it is committed, or raise
+        what its commit raised."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._requests.put((record, fut, loop))
+        self._requests.put((item, fut, loop))
         await fut
-        return record.size
-
-    @property
-    def incoming(self) -> Path:
-        return self._queue.incoming
 
     def close(self) -> None:
         self._requests.put(None)
         self._thread.join()
         self._queue.close()
+
+    def _commit(self, items: list[_Item]) -> list[BaseException | None]:
+        """Commit ``items`` in one transaction; return each one's error, or
+        None. An exception raised here fails every item."""
+        raise NotImplementedError
 
     def _run(self) -> None:
         while True:
@@ -620,20 +606,15 @@ class GroupCommitter:
                     stop = True
                     break
                 batch.append(nxt)
-            error: BaseException | None = None
-            failed: dict[str, BaseException] = {}
             try:
-                failed = self._queue._add_many([r for r, _, _ in batch])
+                errors = self._commit([r for r, _, _ in batch])
                 self.batches += 1
-                self.committed += len(batch) - len(failed)
-                metrics.group_commits.inc()
-                metrics.group_commit_size.observe(len(batch))
             except BaseException as exc:  # reported to every waiting session
-                error = exc
+                errors = [exc] * len(batch)
             # One wake-up per event loop for the whole batch.
             answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for record, fut, loop in batch:
-                answers.setdefault(loop, []).append((fut, failed.get(record.id, error)))
+            for (_, fut, loop), error in zip(batch, errors, strict=True):
+                answers.setdefault(loop, []).append((fut, error))
             for loop, items in answers.items():
                 loop.call_soon_threadsafe(_settle, items)
             if stop:
@@ -653,7 +634,52 @@ def _settle(items: list[_Answer]) -> None:
             fut.set_exception(error)
 
 
-class StateWriter:
+class GroupCommitter(_Committer[MessageRecord]):
+    """Commits messages from many sessions together, in one writer thread.
+
+    ``await committer.store(...)`` returns once the message is on stable
+    storage (or raises, and then nothing was stored).
+    """
+
+    def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
+        self.committed = 0
+        super().__init__(directory, inline_max=inline_max, batch_max=batch_max,
+                         name="smtpedge-commit")  # fmt: skip
+
+    async def store(
+        self,
+        sender: str,
+        recipients: list[Recipient] | tuple[Recipient, ...],
+        content: bytes,
+        *,
+        mail_params: MailParams,
+        raw_mail_params: tuple[tuple[str, str | None], ...],
+        client: dict[str, Any],
+        queue_id: str | None = None,
+        header: bytes = b"",
+        content_file: str | None = None,
+    ) -> int:
+        """Store a message: ``header`` (the Received line) and then either
+        ``content`` or the file ``content_file``, which is moved into the spool.
+        Return the size stored."""
+        record = make_record(sender, recipients, content, mail_params, raw_mail_params,
+                             client, queue_id, header, content_file)  # fmt: skip
+        await self._submit(record)
+        return record.size
+
+    @property
+    def incoming(self) -> Path:
+        return self._queue.incoming
+
+    def _commit(self, items: list[MessageRecord]) -> list[BaseException | None]:
+        failed = self._queue._add_many(items)
+        self.committed += len(items) - len(failed)
+        metrics.group_commits.inc()
+        metrics.group_commit_size.observe(len(items))
+        return [failed.get(r.id) for r in items]
+
+
+class StateWriter(_Committer[StateRecord]):
     """Makes delivery outcomes durable from one writer thread, committing
     every outcome that arrived while the previous commit was syncing in one
     transaction (as ``GroupCommitter`` does for arriving mail).
@@ -662,14 +688,8 @@ class StateWriter:
     """
 
     def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
-        self._queue = Queue(directory, inline_max=inline_max)
-        self._batch_max = batch_max
-        self._requests: _stdqueue.SimpleQueue[
-            tuple[StateRecord, asyncio.Future[None], asyncio.AbstractEventLoop] | None
-        ] = _stdqueue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="smtpedge-state", daemon=True)
-        self.batches = 0
-        self._thread.start()
+        super().__init__(directory, inline_max=inline_max, batch_max=batch_max,
+                         name="smtpedge-state")  # fmt: skip
 
     async def record(
         self,
@@ -680,43 +700,8 @@ class StateWriter:
         warned: int | None = None,
         reports: list[MessageRecord] | tuple[MessageRecord, ...] = (),
     ) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        item: StateRecord = (queue_id, tuple(states), next_attempt, warned, tuple(reports))
-        self._requests.put((item, fut, loop))
-        await fut
+        await self._submit((queue_id, tuple(states), next_attempt, warned, tuple(reports)))
 
-    def close(self) -> None:
-        self._requests.put(None)
-        self._thread.join()
-        self._queue.close()
-
-    def _run(self) -> None:
-        while True:
-            item = self._requests.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._requests.get_nowait()
-                except _stdqueue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            error: BaseException | None = None
-            try:
-                self._queue.record_many([r for r, _, _ in batch])
-                self.batches += 1
-            except BaseException as exc:
-                error = exc
-            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for _, fut, loop in batch:
-                answers.setdefault(loop, []).append((fut, error))
-            for loop, items in answers.items():
-                loop.call_soon_threadsafe(_settle, items)
-            if stop:
-                return
+    def _commit(self, items: list[StateRecord]) -> list[BaseException | None]:
+        self._queue.record_many(items)
+        return [None] * len(items)
