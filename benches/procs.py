@@ -55,10 +55,12 @@ class Proc:
             self.proc.wait()
 
 
-def smtpedge(tmp: Path, extra: str = "", **options: Any) -> Proc:
+def smtpedge(tmp: Path, extra: str = "", env: dict[str, str] | None = None,
+             **options: Any) -> Proc:  # fmt: skip
     """``smtpedge serve`` on a free port with its data in ``tmp``; ``extra``
     is more TOML (tables such as ``[[routers]]``). An option given as None is
-    left at its default (``log_file_path=None``: the log file in ``tmp``)."""
+    left at its default (``log_file_path=None``: the log file in ``tmp``).
+    ``env``: the server's environment (default: this one's)."""
     port = free_port()
     options = {"log_file_path": "-", "smtp_accept_max": 20000, **options}
     lines = [f'spool_directory = "{tmp}"', f"daemon_smtp_ports = [{port}]"]
@@ -66,7 +68,7 @@ def smtpedge(tmp: Path, extra: str = "", **options: Any) -> Proc:
               for k, v in options.items() if v is not None]  # fmt: skip
     cfg = tmp / "bench.toml"
     cfg.write_text("\n".join(lines) + "\n" + extra)
-    return Proc([sys.executable, "-m", "smtpedge", "serve", "--config", str(cfg)], port)
+    return Proc([sys.executable, "-m", "smtpedge", "serve", "--config", str(cfg)], port, env=env)
 
 
 class Sink(Proc):

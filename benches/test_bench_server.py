@@ -4,7 +4,11 @@ uvloop, its log file) and with one worker (uvloop; asyncio's own loop),
 smtpedge behind haproxy (with and without PROXY v2), Postfix's smtpd writing
 into its own queue (durable, its queue manager stopped), aiosmtpd 1.4.6
 writing and fsyncing each message, aiosmtpd discarding, and Postfix's
-smtp-sink as the C baseline that keeps nothing.
+smtp-sink as the C baseline that keeps nothing. With ``BENCH_BASELINE`` set
+to a directory holding another build of smtpedge (``pip install --no-deps
+--target DIR`` of its wheel), that build runs too, as ``smtpedge-baseline``
+with its own defaults, so that a change is measured against the code before
+it in the same run.
 
 All the servers run at once; each round sends MESSAGES messages of 2 KB over
 20 parallel sessions to each in turn, so a busy moment of the shared machine
@@ -70,13 +74,13 @@ class PostfixProc:
         self.postfix.stop()
 
 
-def _edge(tmp: Path, name: str, **options: Any) -> Proc:
+def _edge(tmp: Path, name: str, env: dict[str, str] | None = None, **options: Any) -> Proc:
     """smtpedge accepting only (queue_only: the queue runner does not
     deliver, as Postfix's queue manager is stopped); its defaults otherwise,
     the log file included."""
     (tmp / name).mkdir()
     return smtpedge(tmp / name, queue_only=True, log_file_path=None, smtp_accept_max=None,
-                    **options)  # fmt: skip
+                    env=env, **options)  # fmt: skip
 
 
 @pytest.fixture
@@ -94,6 +98,11 @@ def servers() -> Iterator[dict[str, tuple[int, list[int]]]]:
                 edge = _edge(tmp, name, **options)
                 procs.append(edge)
                 targets[name] = (edge.port, [edge.proc.pid])
+            baseline = os.environ.get("BENCH_BASELINE")
+            if baseline:
+                edge = _edge(tmp, "smtpedge-baseline", env={**os.environ, "PYTHONPATH": baseline})
+                procs.append(edge)
+                targets["smtpedge-baseline"] = (edge.port, [edge.proc.pid])
             for name, proxy in (("smtpedge-via-haproxy", False),
                                 ("smtpedge-via-haproxy-proxy-v2", True)):  # fmt: skip
                 edge = _edge(tmp, name, hosts_proxy=["127.0.0.1"] if proxy else [])
