@@ -41,6 +41,7 @@ QUEUE_MAX = 10_000
 # After the first line of a batch, the writer waits this long for more, so a
 # busy server wakes it and writes once per batch, not once per line.
 GATHER_SECONDS = 0.02
+_pid = os.getpid()  # this process's, set again in a child after a fork
 
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{16}\Z")
 _FLAGS = frozenset({"<=", "=>", "**", "==", "->"})
@@ -60,7 +61,7 @@ class JSONFormatter(logging.Formatter):
         out: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
             + f".{int(t * 1000) % 1000:03d}Z",
-            "pid": record.process,
+            "pid": _pid,
             "level": record.levelname.lower(),
             "msg": msg,
         }
@@ -97,7 +98,7 @@ class _TextFormatter(logging.Formatter):
             second = int(t)
             stamp = time.strftime(_DATEFMT, time.localtime(second))
             self._second = (second, stamp)
-        return f"{stamp}.{int((t - second) * 1000):03d} [{record.process}] {msg}"
+        return f"{stamp}.{int((t - second) * 1000):03d} [{_pid}] {msg}"
 
 
 class _BatchHandler(logging.Handler):
@@ -205,7 +206,11 @@ def configure(
     log_path: Path | None, *, stderr: bool = True, level: int = logging.INFO, fmt: str = "text"
 ) -> None:
     """Send smtpedge's log lines to stderr and ``log_path`` (created if needed),
-    through a writer thread; ``fmt`` is ``text`` or ``json``."""
+    through a writer thread; ``fmt`` is ``text`` or ``json``.
+
+    This is the logging of the ``smtpedge`` process: its lines name no source
+    line, thread or process object, so ``logging`` does not look those up for
+    each record (a stack walk and a system call or two per line)."""
     global _writer
     if _writer is not None:
         _writer.close()
@@ -227,6 +232,14 @@ def configure(
     _writer = _Writer(targets, formatter)
     logger.setLevel(level)
     logger.propagate = False
+    logger.findCaller = _no_caller  # type: ignore[method-assign]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
+def _no_caller(*args: object, **kwargs: object) -> tuple[str, int, str, None]:
+    return "(unknown file)", 0, "(unknown function)", None
 
 
 def flush() -> None:
@@ -261,7 +274,8 @@ def _after_fork_in_child() -> None:
     # did not survive the fork, and its queue's lock may have been held when it
     # happened: start afresh with the same files. What the parent had queued is
     # the parent's to write.
-    global _writer
+    global _writer, _pid
+    _pid = os.getpid()
     if _writer is None:
         return
     old, _writer = _writer, None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import queue as _stdqueue
@@ -533,7 +534,28 @@ StateRecord = tuple[
 def _recipient_columns(rc: Recipient) -> tuple[Any, ...]:
     p = rc.params
     return (rc.address, ",".join(p.notify) if p.notify else None, p.orcpt_type, p.orcpt,
-            p.orcpt_xtext, json.dumps(rc.raw_params))  # fmt: skip
+            p.orcpt_xtext, _cached(_raw_json, rc.raw_params))  # fmt: skip
+
+
+def _cached(fn: Any, *args: Any) -> str:
+    """``fn(*args)`` from its cache: most messages share a few parameter sets
+    (none at all, mostly). Unhashable arguments (lists read back from JSON)
+    are encoded afresh."""
+    try:
+        return str(fn(*args))
+    except TypeError:
+        return str(fn.__wrapped__(*args))
+
+
+@functools.lru_cache(maxsize=256)
+def _raw_json(raw_params: tuple[tuple[str, str | None], ...]) -> str:
+    return json.dumps(raw_params)
+
+
+@functools.lru_cache(maxsize=256)
+def _params_json(mail_params: MailParams, raw_mail_params: Any) -> str:
+    decoded = {f: getattr(mail_params, f) for f in MailParams.__dataclass_fields__}
+    return json.dumps({"decoded": decoded, "raw": list(raw_mail_params)})
 
 
 def make_record(
@@ -547,8 +569,7 @@ def make_record(
     header: bytes = b"",
     content_file: str | None = None,
 ) -> MessageRecord:
-    decoded = {f: getattr(mail_params, f) for f in MailParams.__dataclass_fields__}
-    params = json.dumps({"decoded": decoded, "raw": list(raw_mail_params)})
+    params = _cached(_params_json, mail_params, tuple(raw_mail_params))
     size = len(header) + (os.path.getsize(content_file) if content_file else len(content))
     return MessageRecord(queue_id or new_queue_id(), time.time(), sender, params,
                          json.dumps(client), tuple(recipients), bytes(header), bytes(content),

@@ -48,6 +48,17 @@ _REFUSALS_LOGGED = 5  # refusals logged one by one per session; the rest are cou
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 64 * 1024
 _session_ids = itertools.count(1)
+# Session IDs start with the PID in hex (a worker's partial uploads are found
+# by it); kept here rather than asked of the kernel per connection.
+_pid_hex = f"{os.getpid():x}"
+
+
+def _after_fork() -> None:
+    global _pid_hex
+    _pid_hex = f"{os.getpid():x}"
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def sock_address(sockaddr: Any) -> tuple[str, int]:
@@ -197,7 +208,7 @@ class Connection(asyncio.BufferedProtocol):
         cfg = srv.config
         peer = sock_address(transport.get_extra_info("peername"))
         sock = sock_address(transport.get_extra_info("sockname"))
-        self.session = Session(f"{os.getpid():x}.{next(_session_ids)}", peer, sock)
+        self.session = Session(f"{_pid_hex}.{next(_session_ids)}", peer, sock)
         srv.active.add(self)
         refusal = srv.connections.open()
         self.counted = refusal is None
