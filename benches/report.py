@@ -55,6 +55,11 @@ def server_tables(run: dict[str, Any]) -> None:
         if plain and v2:
             print(f"\nPROXY v2 through haproxy: {v2:,.0f} vs {plain:,.0f} messages/s without "
                   f"the header ({(plain - v2) / plain * 100:+.1f}% cost)")  # fmt: skip
+        before = cpus.get("smtpedge-baseline")
+        if before:
+            names = [n for n in ("smtpedge", "smtpedge-1-worker") if n in cpus]
+            now = ", ".join(f"{n} {cpus[n] / before:.2f}x" for n in names)
+            print(f"\nserver CPU per message against smtpedge-baseline ({before:,.0f} us): {now}")
         print()
 
 
