@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUEUE_MAX", "JSONFormatter", "configure", "flush", "logger"]
+__all__ = ["QUEUE_MAX", "JSONFormatter", "configure", "flush", "logger", "process_id"]
 
 logger = logging.getLogger("smtpedge")
 
@@ -42,6 +42,13 @@ QUEUE_MAX = 10_000
 # busy server wakes it and writes once per batch, not once per line.
 GATHER_SECONDS = 0.02
 _pid = os.getpid()  # this process's, set again in a child after a fork
+
+
+def process_id() -> int:
+    """This process's PID, kept since the last fork (``os.getpid`` is a
+    system call each time)."""
+    return _pid
+
 
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{16}\Z")
 _FLAGS = frozenset({"<=", "=>", "**", "==", "->"})
@@ -137,7 +144,6 @@ class _Writer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._stopping = False
         self.dropped = 0
         self.handler = _BatchHandler(self)
         self.handler.setFormatter(formatter)
@@ -163,7 +169,7 @@ class _Writer:
             with self._lock:
                 lines, self._lines = self._lines, []
                 dropped, self.dropped = self.dropped, 0
-                stopping = self._stopping
+                stopping = self._stop.is_set()
             if dropped:
                 note = logging.makeLogRecord(
                     {"msg": f"{dropped} log line(s) dropped: the log writer fell behind",
@@ -187,8 +193,6 @@ class _Writer:
     def stop(self) -> None:
         """Write what is queued, stop the thread (the targets stay open)."""
         logger.removeHandler(self.handler)
-        with self._lock:
-            self._stopping = True
         self._stop.set()
         self._wake.set()
         self._thread.join()

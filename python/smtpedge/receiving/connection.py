@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from smtpedge import metrics
 from smtpedge.errors import TLSError
-from smtpedge.log import logger
+from smtpedge.log import logger, process_id
 from smtpedge.protocol import events as ev
 from smtpedge.protocol.server import ServerConnection
 from smtpedge.receiving.received import protocol_name
@@ -48,17 +48,6 @@ _REFUSALS_LOGGED = 5  # refusals logged one by one per session; the rest are cou
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 64 * 1024
 _session_ids = itertools.count(1)
-# Session IDs start with the PID in hex (a worker's partial uploads are found
-# by it); kept here rather than asked of the kernel per connection.
-_pid_hex = f"{os.getpid():x}"
-
-
-def _after_fork() -> None:
-    global _pid_hex
-    _pid_hex = f"{os.getpid():x}"
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def sock_address(sockaddr: Any) -> tuple[str, int]:
@@ -208,7 +197,8 @@ class Connection(asyncio.BufferedProtocol):
         cfg = srv.config
         peer = sock_address(transport.get_extra_info("peername"))
         sock = sock_address(transport.get_extra_info("sockname"))
-        self.session = Session(f"{_pid_hex}.{next(_session_ids)}", peer, sock)
+        # The PID in hex first: a dead worker's partial uploads are found by it.
+        self.session = Session(f"{process_id():x}.{next(_session_ids)}", peer, sock)
         srv.active.add(self)
         refusal = srv.connections.open()
         self.counted = refusal is None
