@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -382,25 +383,27 @@ def test_port_in_use_is_a_clear_error(spool: Path) -> None:
 
 
 def test_storage_failure_answers_451_and_queues_nothing(
-    spool: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from smtpedge.queue import Queue
-
-    def full_disk(self: Queue, records: list[Any]) -> None:
-        raise OSError(28, "No space left on device")
-
     with RunningServer(spool) as srv:
-        monkeypatch.setattr(Queue, "_add_many", full_disk)
+        # A transaction that fails, in the database itself: the writer of
+        # either backend meets it.
+        db = sqlite3.connect(spool / "queue.db")
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON recipients "
+                   "BEGIN SELECT RAISE(ROLLBACK, 'database or disk is full'); END")  # fmt: skip
+        db.commit()
         c = Client(srv.port)
         c.reply()
         c.cmd("EHLO c")
         reply = c.send_message("a@b.example", ["r@c.example"], b"x")
         assert reply.startswith("451 4.3.0"), reply
         assert c.cmd("NOOP").startswith("250"), "the session goes on"
-        monkeypatch.undo()
+        db.execute("DROP TRIGGER full")
+        db.commit()
+        db.close()
         assert c.send_message("a@b.example", ["r@c.example"], b"x").startswith("250")
         assert len(srv.queue()) == 1
-    assert "NOT queued" in caplog.text and "No space left" in caplog.text
+    assert "NOT queued: IntegrityError: database or disk is full" in caplog.text
 
 
 def test_handle_proxy_can_refuse_a_connection(spool: Path) -> None:

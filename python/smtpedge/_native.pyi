@@ -1,6 +1,7 @@
 # Hand-written stub of the Rust extension; mypy.stubtest keeps it honest.
+import os
 from collections.abc import Sequence
-from typing import final
+from typing import Any, final
 
 from smtpedge.errors import DataError
 
@@ -9,6 +10,7 @@ __all__ = [
     "Command",
     "DataScanner",
     "HostTableLock",
+    "MessageWriter",
     "Path",
     "ProxyHeader",
     "Reply",
@@ -190,6 +192,27 @@ def verify_names(
 class HostTableLock:
     def __enter__(self) -> None: ...
     def __exit__(self, *_exc: object) -> None: ...
+
+@final
+class MessageWriter:
+    def __new__(
+        cls,
+        database: str | os.PathLike[str],
+        spool: str | os.PathLike[str],
+        turn_lock: str | os.PathLike[str],
+        *,
+        inline_max: int,
+        batch_max: int = 256,
+        gather: float = 0.0005,
+    ) -> MessageWriter: ...
+    def submit(self, token: int, row: tuple[Any, ...]) -> None: ...
+    def fileno(self) -> int: ...
+    def take(self) -> tuple[list[tuple[int, BaseException | None]], list[int]]: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def committed(self) -> int: ...
+    def close(self) -> None: ...
 
 @final
 class SharedHostTable:

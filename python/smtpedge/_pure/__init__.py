@@ -5,6 +5,7 @@ from smtpedge._pure.certnames import match_hostname, verify_names
 from smtpedge._pure.crc32c import crc32c
 from smtpedge._pure.data import DataScanner, dot_stuff
 from smtpedge._pure.hosttable import HostTableLock, SharedHostTable
+from smtpedge._pure.msgwriter import MessageWriter
 from smtpedge._pure.proxy import ProxyHeader, SSLInfo, build_header, parse_header
 from smtpedge._pure.smtpline import Command, Path, Reply, parse_command, parse_reply
 from smtpedge._pure.xtext import (
@@ -27,6 +28,7 @@ __all__ = [
     "Command",
     "DataScanner",
     "HostTableLock",
+    "MessageWriter",
     "Path",
     "ProxyHeader",
     "Reply",

@@ -17,28 +17,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
+import itertools
 import json
 import os
-import queue as _stdqueue
 import random
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from smtpedge import metrics
+from smtpedge._backend import impl
+from smtpedge._pure.msgwriter import (
+    Batcher,
+    MessageRow,
+    add_rows,
+    insert_rows,
+    write_spool_file,
+    writing,
+)
 from smtpedge.esmtp import MailParams, RcptParams, Recipient
+from smtpedge.log import logger
 
 __all__ = [
     "FINAL",
     "PENDING",
     "GroupCommitter",
     "MessageRecord",
+    "MessageRow",
+    "MessageWriter",
     "Queue",
     "QueuedMessage",
     "RecipientState",
@@ -51,6 +61,7 @@ __all__ = [
 _Item = TypeVar("_Item")
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: sortable, unambiguous
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -107,11 +118,9 @@ def new_queue_id() -> str:
     """A 16-character ID that sorts by arrival time (microseconds, then 20
     random bits)."""
     n = (time.time_ns() // 1000) << 20 | random.getrandbits(20)
-    out = []
-    for _ in range(16):
-        out.append(_B32[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    p = _B32_PAIRS  # two digits (10 bits) at a time
+    return (p[n >> 70 & 1023] + p[n >> 60 & 1023] + p[n >> 50 & 1023] + p[n >> 40 & 1023]
+            + p[n >> 30 & 1023] + p[n >> 20 & 1023] + p[n >> 10 & 1023] + p[n & 1023])  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,25 +224,10 @@ class Queue:
         self._db.close()
         os.close(self._turn)
 
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction: committed when the block ends, rolled back if
         it raises (the block's error is the one raised)."""
-        db = self._db
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT (a full disk, say) may have rolled back already.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-        finally:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
+        return writing(self._db, self._turn)
 
     # -- writing ----------------------------------------------------------------
 
@@ -246,72 +240,18 @@ class Queue:
         return path
 
     def _write_spool_file(self, record: MessageRecord) -> str:
-        sub = self.spool / record.id[-2:]
-        sub.mkdir(exist_ok=True)
-        final = sub / record.id
-        if record.path is not None:
-            # Adopt a file written as the message arrived: sync it, move it in.
-            fd = os.open(record.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(record.path, final)
-        else:
-            tmp = sub / (record.id + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(record.content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        fsync_directory(sub)
-        return f"{record.id[-2:]}/{record.id}"
+        return write_spool_file(self.spool, record_row(record))
 
     def _add_many(self, records: list[MessageRecord]) -> dict[str, BaseException]:
         """Make every record durable in one transaction. A record whose spool
         file cannot be written fails alone: it is left out and its error
         returned by ID. A failed transaction raises (and stores nothing)."""
-        files = {}
-        failed: dict[str, BaseException] = {}
-        for r in records:
-            if r.path is not None or len(r.content) > self.inline_max:
-                try:
-                    files[r.id] = self._write_spool_file(r)
-                except OSError as exc:
-                    failed[r.id] = exc
-                    if r.path is not None:
-                        with contextlib.suppress(OSError):
-                            os.unlink(r.path)
-        records = [r for r in records if r.id not in failed]
-        if not records:
-            return failed
-        try:
-            with self._writing():
-                self._insert(records, files)
-        except BaseException:
-            # Nothing was stored: the spool files go.
-            for rel in files.values():
-                with contextlib.suppress(OSError):
-                    (self.spool / rel).unlink(missing_ok=True)
-            raise
-        return failed
+        return add_rows(self._db, self._turn, self.spool, self.inline_max,
+                        [record_row(r) for r in records])  # fmt: skip
 
     def _insert(self, records: list[MessageRecord], files: dict[str, str]) -> None:
         """Insert message rows (inside a transaction); each is due at once."""
-        self._db.executemany(
-            "INSERT INTO messages (id, arrival, sender, mail_params, client, size, header, "
-            "content, spool_file, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [
-                (r.id, r.arrival, r.sender, r.mail_params, r.client, r.size, r.header,
-                 None if r.id in files else r.content, files.get(r.id), r.arrival)
-                for r in records
-            ],
-        )  # fmt: skip
-        self._db.executemany(
-            _INSERT_RECIPIENT,
-            [(r.id, i, *_recipient_columns(rc)) for r in records
-             for i, rc in enumerate(r.recipients)],
-        )  # fmt: skip
+        insert_rows(self._db, [record_row(r) for r in records], files)
 
     def add(
         self,
@@ -510,10 +450,6 @@ class Queue:
         return True
 
 
-_INSERT_RECIPIENT = (
-    "INSERT INTO recipients (message_id, idx, address, notify, orcpt_type, orcpt, "
-    "orcpt_xtext, raw_params) VALUES (?,?,?,?,?,?,?,?)"
-)
 _UPSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, notify, orcpt_type, orcpt, orcpt_xtext, "
     "raw_params, status, attempts, first_failure, last_interval, next_attempt, last_attempt, "
@@ -576,39 +512,66 @@ def make_record(
                          content_file, size)  # fmt: skip
 
 
+def record_row(r: MessageRecord) -> MessageRow:
+    """What the message writer stores of a record."""
+    rows = tuple(_recipient_columns(rc) for rc in r.recipients)
+    return MessageRow(r.id, r.arrival, r.sender, r.mail_params, r.client, r.size, r.header,
+                      r.content, r.path, rows)  # fmt: skip
+
+
+#: The message writer of the backend chosen at import (see docs/api.md).
+MessageWriter = impl.MessageWriter
+
+#: After the first item of a batch, a writer thread waits this long for
+#: others: under load that makes the groups bigger, and each group costs a
+#: transaction, its WAL pages and an ``fdatasync``, whatever its size.
+GATHER_SECONDS = 0.0005
+
+_Done = Callable[[BaseException | None], None]
+_Answer = tuple[_Done, BaseException | None]
+
+
+def _settle(items: list[_Answer]) -> None:
+    for done, error in items:
+        try:
+            done(error)
+        except Exception:  # one session's bug must not keep the others waiting
+            logger.exception("internal error answering a commit")
+
+
+def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():  # cancelled meanwhile
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
 class _Committer(Generic[_Item]):
     """A writer thread that commits what many sessions hand it, every item
     that arrived while the previous commit was syncing in one transaction,
-    and answers each waiting event loop once per commit. Once the first item
-    of a batch is there it waits ``GATHER_SECONDS`` for others: under load
-    that makes the groups bigger, and each group costs a transaction, its
-    WAL pages and an ``fdatasync``, whatever its size."""
-
-    GATHER_SECONDS = 0.0005
+    and answers each waiting event loop once per commit."""
 
     def __init__(
         self, directory: str | Path, *, inline_max: int, batch_max: int, name: str
     ) -> None:
         self._queue = Queue(directory, inline_max=inline_max)
-        self._batch_max = batch_max
-        self._requests: _stdqueue.SimpleQueue[
-            tuple[_Item, asyncio.Future[None], asyncio.AbstractEventLoop] | None
-        ] = _stdqueue.SimpleQueue()
         self.batches = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._batcher: Batcher[tuple[_Item, _Done, asyncio.AbstractEventLoop]] = Batcher(
+            self._handle, batch_max=batch_max, gather=GATHER_SECONDS, name=name
+        )
 
     async def _submit(self, item: _Item) -> None:
         """Hand ``item`` to the thread; return once it is committed, or raise
         what its commit raised."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._requests.put((item, fut, loop))
+        self._batcher.put((item, functools.partial(_resolve, fut), loop))
         await fut
 
     def close(self) -> None:
-        self._requests.put(None)
-        self._thread.join()
+        self._batcher.close()
         self._queue.close()
 
     def _commit(self, items: list[_Item]) -> list[BaseException | None]:
@@ -616,62 +579,76 @@ class _Committer(Generic[_Item]):
         None. An exception raised here fails every item."""
         raise NotImplementedError
 
-    def _run(self) -> None:
-        while True:
-            item = self._requests.get()
-            if item is None:
-                return
-            time.sleep(self.GATHER_SECONDS)
-            batch = [item]
-            stop = False
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._requests.get_nowait()
-                except _stdqueue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            try:
-                errors = self._commit([r for r, _, _ in batch])
-                self.batches += 1
-            except BaseException as exc:  # reported to every waiting session
-                errors = [exc] * len(batch)
-            # One wake-up per event loop for the whole batch.
-            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-            for (_, fut, loop), error in zip(batch, errors, strict=True):
-                answers.setdefault(loop, []).append((fut, error))
-            for loop, items in answers.items():
+    def _handle(self, batch: list[tuple[_Item, _Done, asyncio.AbstractEventLoop]]) -> None:
+        try:
+            errors = self._commit([r for r, _, _ in batch])
+            self.batches += 1
+        except BaseException as exc:  # reported to every waiting session
+            errors = [exc] * len(batch)
+        # One wake-up per event loop for the whole batch.
+        answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        for (_, done, loop), error in zip(batch, errors, strict=True):
+            answers.setdefault(loop, []).append((done, error))
+        for loop, items in answers.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
                 loop.call_soon_threadsafe(_settle, items)
-            if stop:
-                return
 
 
-_Answer = tuple["asyncio.Future[None]", BaseException | None]
-
-
-def _settle(items: list[_Answer]) -> None:
-    for fut, error in items:
-        if fut.done():
-            continue
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
-
-
-class GroupCommitter(_Committer[MessageRecord]):
-    """Commits messages from many sessions together, in one writer thread.
+class GroupCommitter:
+    """Commits messages from many sessions together, in the message writer's
+    thread (``smtpedge._native.MessageWriter``, or its pure-Python twin): it
+    takes every message that arrived while the previous commit was syncing
+    and commits them in one transaction, so concurrent sessions share one
+    ``fdatasync``. The Rust writer does this without the GIL, so the event
+    loop keeps the interpreter while messages are written.
 
     ``await committer.store(...)`` returns once the message is on stable
-    storage (or raises, and then nothing was stored).
+    storage (or raises, and then nothing was stored); ``submit`` does the
+    same with a callback, for the server's common case. Outcomes reach the
+    event loop that submitted the message, through the writer's descriptor.
     """
 
     def __init__(self, directory: str | Path, *, inline_max: int, batch_max: int = 256) -> None:
-        self.committed = 0
-        super().__init__(directory, inline_max=inline_max, batch_max=batch_max,
-                         name="smtpedge-commit")  # fmt: skip
+        queue = Queue(directory, inline_max=inline_max)  # the tables, the spool
+        try:
+            self._incoming = queue.incoming
+            self._writer = MessageWriter(
+                str(queue.db_path), str(queue.spool), str(queue.directory / "queue.writer.lock"),
+                inline_max=inline_max, batch_max=batch_max, gather=GATHER_SECONDS,
+            )  # fmt: skip
+        finally:
+            queue.close()
+        self._fd = self._writer.fileno()
+        self._waiting: dict[int, tuple[_Done, asyncio.AbstractEventLoop]] = {}
+        self._tokens = itertools.count(1)
+        self._loops: list[asyncio.AbstractEventLoop] = []
+
+    @property
+    def committed(self) -> int:
+        return int(self._writer.committed)
+
+    @property
+    def batches(self) -> int:
+        return int(self._writer.batches)
+
+    @property
+    def incoming(self) -> Path:
+        return self._incoming
+
+    def submit(self, record: MessageRecord, done: _Done, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand ``record`` to the writer without awaiting it: ``done(error)``
+        runs in ``loop`` once the commit is over (``error`` None: the message
+        is on stable storage). No task or future per message."""
+        if loop not in self._loops:
+            loop.add_reader(self._fd, self._drain, loop)
+            self._loops.append(loop)
+        token = next(self._tokens)
+        self._waiting[token] = (done, loop)
+        try:
+            self._writer.submit(token, record_row(record))
+        except BaseException:
+            del self._waiting[token]
+            raise
 
     async def store(
         self,
@@ -691,19 +668,55 @@ class GroupCommitter(_Committer[MessageRecord]):
         Return the size stored."""
         record = make_record(sender, recipients, content, mail_params, raw_mail_params,
                              client, queue_id, header, content_file)  # fmt: skip
-        await self._submit(record)
+        await self.commit(record)
         return record.size
 
-    @property
-    def incoming(self) -> Path:
-        return self._queue.incoming
+    async def commit(self, record: MessageRecord) -> None:
+        """Store a record made by ``make_record``; return once it is durable."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self.submit(record, functools.partial(_resolve, fut), loop)
+        await fut
 
-    def _commit(self, items: list[MessageRecord]) -> list[BaseException | None]:
-        failed = self._queue._add_many(items)
-        self.committed += len(items) - len(failed)
-        metrics.group_commits.inc()
-        metrics.group_commit_size.observe(len(items))
-        return [failed.get(r.id) for r in items]
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        outcomes, sizes = self._writer.take()
+        for n in sizes:
+            metrics.group_commits.inc()
+            metrics.group_commit_size.observe(n)
+        mine: list[_Answer] = []
+        others: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        for token, error in outcomes:
+            entry = self._waiting.pop(token, None)
+            if entry is None:
+                continue
+            done, owner = entry
+            if owner is loop:
+                mine.append((done, error))
+            else:
+                others.setdefault(owner, []).append((done, error))
+        for owner, items in others.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                owner.call_soon_threadsafe(_settle, items)
+        _settle(mine)
+
+    def close(self) -> None:
+        """Commit what was handed over, stop the writer, and answer the last
+        commits in their event loops."""
+        for loop in self._loops:
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError, ValueError):
+                    loop.remove_reader(self._fd)
+        self._loops.clear()
+        self._writer.close()
+        outcomes, _ = self._writer.take()
+        answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        for token, error in outcomes:
+            entry = self._waiting.pop(token, None)
+            if entry is not None:
+                answers.setdefault(entry[1], []).append((entry[0], error))
+        for loop, items in answers.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
 
 
 class StateWriter(_Committer[StateRecord]):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from smtpedge import metrics
 from smtpedge.errors import TLSError
+from smtpedge.log import info as log_info
 from smtpedge.log import logger, process_id
 from smtpedge.protocol import events as ev
 from smtpedge.protocol.server import ServerConnection
@@ -131,6 +132,33 @@ class ConnectionHost(Protocol):
         """Queue the message durably; its queue ID and the size stored."""
         ...
 
+    def submit_message(
+        self,
+        session: Session,
+        envelope: Envelope,
+        done: Callable[[str, int, BaseException | None], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """``store_message`` without a task: ``done(queue_id, size, error)``
+        runs in ``loop`` when the commit is over."""
+        ...
+
+
+class _Committing:
+    """Stands for the task while a message commits without one: the
+    connection is busy, and nothing may cancel the commit."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+
+_COMMITTING = _Committing()
+
 
 class Connection(asyncio.BufferedProtocol):
     """One client connection: feeds the protocol, runs hooks, keeps timers."""
@@ -167,7 +195,7 @@ class Connection(asyncio.BufferedProtocol):
         self.server = server
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set on connect
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | _Committing | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._progress = 0
@@ -209,13 +237,13 @@ class Connection(asyncio.BufferedProtocol):
         self._last = loop.time()
         if refusal is not None:
             metrics.connections.labels("refused_accept_max").inc()
-            logger.info("SMTP connection from %s refused: %s", fmt_address(peer), refusal)
+            log_info("SMTP connection from %s refused: %s", fmt_address(peer), refusal)
             self.proto.refuse(f"421 4.7.0 {srv.hostname} {refusal}")
             self._flush()
             return
         if srv.stopping:
             metrics.connections.labels("refused_shutdown").inc()
-            logger.info("SMTP connection from %s refused: shutting down", fmt_address(peer))
+            log_info("SMTP connection from %s refused: shutting down", fmt_address(peer))
             self.proto.refuse(f"421 4.3.2 {srv.hostname} Service shutting down")
             self._flush()
             return
@@ -302,11 +330,11 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._discard_spill()
         if not self._closing and not self.proto.closed:
-            logger.info("SMTP connection from %s lost%s", self._who(),
-                        f": {exc}" if exc else "")  # fmt: skip
+            log_info("SMTP connection from %s lost%s", self._who(),
+                     f": {exc}" if exc else "")  # fmt: skip
         if self._refusals > _REFUSALS_LOGGED:
-            logger.info("SMTP connection from %s: %d more refusal(s) not logged one by one",
-                        self._who(), self._refusals - _REFUSALS_LOGGED)  # fmt: skip
+            log_info("SMTP connection from %s: %d more refusal(s) not logged one by one",
+                     self._who(), self._refusals - _REFUSALS_LOGGED)  # fmt: skip
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -336,7 +364,7 @@ class Connection(asyncio.BufferedProtocol):
         summed up in one line when it ends, so no client can flood the log."""
         self._refusals += 1
         if self._refusals <= _REFUSALS_LOGGED:
-            logger.info(fmt, *args)
+            log_info(fmt, *args)
 
     def _arm(self, timeout: float) -> None:
         loop = self._loop
@@ -353,14 +381,14 @@ class Connection(asyncio.BufferedProtocol):
         state = self.proto.state
         if state == "PROXY":
             metrics.connections.labels("timeout").inc()
-            logger.info("PROXY header timeout from proxy %s after %.1fs: closed without banner",
-                        fmt_address(self.session.peer), timeout)  # fmt: skip
+            log_info("PROXY header timeout from proxy %s after %.1fs: closed without banner",
+                     fmt_address(self.session.peer), timeout)  # fmt: skip
             self._close()
             return
         cfg = self.server.config
         if self._tls is not None and not self._tls.established:
             metrics.tls_handshakes.labels("timeout").inc()
-            logger.info("TLS handshake timeout for %s after %.1fs: closed", self._who(), timeout)
+            log_info("TLS handshake timeout for %s after %.1fs: closed", self._who(), timeout)
             self._closing = True
             self._close()
             return
@@ -372,9 +400,9 @@ class Connection(asyncio.BufferedProtocol):
             shortest = min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout)
             self._timer = loop.call_later(min(max(left, 0.05), shortest), self._check_timer, limit)
             return
-        logger.info("SMTP %s timeout for %s after %.1fs%s", "data" if state in ("DATA", "BDAT")
-                    else "command", self._who(), limit,
-                    ": not reading its replies" if self._write_paused else "")  # fmt: skip
+        log_info("SMTP %s timeout for %s after %.1fs%s", "data" if state in ("DATA", "BDAT")
+                 else "command", self._who(), limit,
+                 ": not reading its replies" if self._write_paused else "")  # fmt: skip
         metrics.connections.labels("timeout").inc()
         self.proto.timeout()
         self._flush()
@@ -382,8 +410,8 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.abort()  # its unread replies would never drain
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._task = self._loop.create_task(coro)
-        self._task.add_done_callback(self._task_done)
+        task = self._task = self._loop.create_task(coro)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._task = None
@@ -396,6 +424,10 @@ class Connection(asyncio.BufferedProtocol):
             self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
             self._flush()
             return
+        self._resume()
+
+    def _resume(self) -> None:
+        """A hook or a commit is over: read and answer again."""
         self._last = self._loop.time()  # the client waited for us
         if self._paused and self._transport is not None:
             self._paused = False
@@ -408,8 +440,17 @@ class Connection(asyncio.BufferedProtocol):
         t = self._transport
         if t is None or self._lingering:
             return
-        out = self.proto.data_to_send()
+        proto = self.proto
         tls = self._tls
+        if tls is None:  # the common case, cheap when there is nothing to send
+            if proto.output_pending:
+                out = proto.data_to_send()
+                if not t.is_closing():
+                    t.write(out)
+            if proto.closed:
+                self._close()
+            return
+        out = proto.data_to_send()
         if tls is not None and tls.established and not t.is_closing():
             try:
                 if out:
@@ -477,7 +518,7 @@ class Connection(asyncio.BufferedProtocol):
             if out:
                 self._transport.write(out)
             metrics.tls_handshakes.labels("failed" if not tls.established else "error").inc()
-            logger.info("TLS error with %s: %s: closed", self._who(), exc.reason)
+            log_info("TLS error with %s: %s: closed", self._who(), exc.reason)
             self._closing = True
             self._close()
             return b""
@@ -497,9 +538,9 @@ class Connection(asyncio.BufferedProtocol):
         self.proto.tls_started()
         cfg = self.server.config
         self._arm(min(cfg.smtp_receive_timeout, cfg.smtp_data_timeout))
-        logger.info("TLS with %s: %s %s%s%s", self._who(), info.version, info.cipher,
-                    f" SNI={info.sni}" if info.sni else "",
-                    " OCSP=stapled" if info.ocsp_stapled else "")  # fmt: skip
+        log_info("TLS with %s: %s %s%s%s", self._who(), info.version, info.cipher,
+                 f" SNI={info.sni}" if info.sni else "",
+                 " OCSP=stapled" if info.ocsp_stapled else "")  # fmt: skip
 
     def shutdown(self) -> None:
         if not self._gone:
@@ -528,7 +569,7 @@ class Connection(asyncio.BufferedProtocol):
     def _refuse_client(self, refusal: str, store: bool = False) -> None:
         kind = "store" if store else "rate" if refusal.startswith("Connection rate") else "per_host"
         metrics.connections.labels(f"refused_{kind}").inc()
-        logger.info("SMTP connection from %s refused: %s", self._who(), refusal)
+        log_info("SMTP connection from %s refused: %s", self._who(), refusal)
         code = "4.3.0" if kind == "store" else "4.7.0"
         self.proto.refuse(f"421 {code} {self.server.hostname} {refusal}")
 
@@ -622,9 +663,9 @@ class Connection(asyncio.BufferedProtocol):
         self._flush()
         if self._eof and self._task is None and not self._write_paused and not proto.closed:
             # Everything the client sent before its half-close is answered.
-            logger.info("SMTP connection from %s closed by the client (end of input, %d "
-                        "message%s)", self._who(), self.session.messages,
-                        "" if self.session.messages == 1 else "s")  # fmt: skip
+            log_info("SMTP connection from %s closed by the client (end of input, %d "
+                     "message%s)", self._who(), self.session.messages,
+                     "" if self.session.messages == 1 else "s")  # fmt: skip
             self._close()
 
     def _spill_data(self) -> None:
@@ -668,15 +709,15 @@ class Connection(asyncio.BufferedProtocol):
             self._proxy(event.header)
         elif isinstance(event, ev.ProxyRejected) and event.unexpected:
             metrics.proxy_rejected.labels("not in hosts_proxy").inc()
-            logger.info("PROXY header from %s, which is not in hosts_proxy: refused",
-                        fmt_address(s.peer))  # fmt: skip
+            log_info("PROXY header from %s, which is not in hosts_proxy: refused",
+                     fmt_address(s.peer))  # fmt: skip
         elif isinstance(event, ev.ProxyRejected):
             metrics.proxy_rejected.labels(metrics.proxy_reason(event.reason)).inc()
-            logger.info("PROXY header refused from proxy %s: %s (at byte %d): closed",
-                        fmt_address(s.peer), event.reason, event.offset)  # fmt: skip
+            log_info("PROXY header refused from proxy %s: %s (at byte %d): closed",
+                     fmt_address(s.peer), event.reason, event.offset)  # fmt: skip
         elif isinstance(event, ev.EarlyTalker):
-            logger.info("SMTP early talker %s: sent %r before the banner: refused",
-                        self._who(), event.preview[:32])  # fmt: skip
+            log_info("SMTP early talker %s: sent %r before the banner: refused",
+                     self._who(), event.preview[:32])  # fmt: skip
         elif isinstance(event, ev.ProtocolViolation):
             line = event.line.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
             self._refused("SMTP protocol error from %s in %r: %s", self._who(), line,
@@ -695,12 +736,12 @@ class Connection(asyncio.BufferedProtocol):
         elif isinstance(event, ev.Quit):
             self._quit = True
             if not (self._health_check and not s.messages):  # checks come every few seconds
-                logger.info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
-                            s.messages, "" if s.messages == 1 else "s")  # fmt: skip
+                log_info("SMTP connection from %s closed by QUIT (%d message%s)", self._who(),
+                         s.messages, "" if s.messages == 1 else "s")  # fmt: skip
             if "QUIT" in self.server.hooks:
                 self._start(self._call_void("QUIT"))
         elif isinstance(event, ev.Closed):
-            logger.info("SMTP connection from %s closed: %s", self._who(), event.reason)
+            log_info("SMTP connection from %s closed: %s", self._who(), event.reason)
 
     async def _call_void(self, verb: str) -> None:
         await self.server.hooks[verb](self.server, self.session, self.envelope)
@@ -720,8 +761,8 @@ class Connection(asyncio.BufferedProtocol):
             metrics.connections.labels("health_check").inc()
             if srv.draining:
                 refused = srv.connections.refused_check()
-                logger.info("health check from %s refused: draining (%d refused)",
-                            fmt_address(s.peer), refused)  # fmt: skip
+                log_info("health check from %s refused: draining (%d refused)",
+                         fmt_address(s.peer), refused)  # fmt: skip
                 self.proto.refuse(f"421 4.3.2 {srv.hostname} Draining: not accepting sessions")
                 self._flush()
                 return
@@ -742,8 +783,8 @@ class Connection(asyncio.BufferedProtocol):
         s = self.session
         ok = await self.server.hooks["PROXY"](self.server, s, self.envelope, header)
         if ok is not None and not ok:
-            logger.info("PROXY header from proxy %s refused by handle_PROXY: closed",
-                        fmt_address(s.proxy_peer or s.peer))  # fmt: skip
+            log_info("PROXY header from proxy %s refused by handle_PROXY: closed",
+                     fmt_address(s.proxy_peer or s.peer))  # fmt: skip
             self.proto.close()
             return
         if not self._welcome_now():
@@ -788,7 +829,49 @@ class Connection(asyncio.BufferedProtocol):
             if self.proto.respond(event.responses):
                 self._set_hello(event)
             return True
+        if isinstance(event, ev.MessageReceived):
+            if "DATA" in hooks or self._spill is not None or self._spill_error is not None:
+                return False
+            self._store_now(event)
+            return True
         return False
+
+    def _store_now(self, event: ev.MessageReceived) -> None:
+        """Queue a message that no hook sees and that was not spooled as it
+        came, without a task: the reply goes out when the commit is over
+        (``_stored``); until then the connection is busy, as with a task."""
+        self.envelope.content = event.content
+        started = time.perf_counter()
+        try:
+            self.server.submit_message(
+                self.session, self.envelope,
+                lambda qid, size, error: self._stored(started, qid, size, error), self._loop,
+            )  # fmt: skip
+        except Exception as exc:
+            logger.error("message from %s NOT queued: %s", self._who(), describe_error(exc))
+            self._answer_message("451 4.3.0 Local error in processing: message not queued",
+                                 None, len(event.content), started)  # fmt: skip
+            return
+        self._storing = True
+        self._task = _COMMITTING
+
+    def _stored(self, started: float, qid: str, size: int, error: BaseException | None) -> None:
+        self._storing = False
+        self._task = None
+        try:
+            if error is None:
+                self._answer_message(f"250 2.0.0 OK id={qid}", qid, size, started)
+            else:
+                logger.error("message from %s NOT queued: %s", self._who(), describe_error(error))
+                self._answer_message("451 4.3.0 Local error in processing: message not queued",
+                                     None, size, started)  # fmt: skip
+        except Exception as exc:
+            logger.error("internal error in session %s from %s: %r", self.session.id,
+                         self._who(), exc, exc_info=exc)  # fmt: skip
+            self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
+            self._flush()
+            return
+        self._resume()
 
     def _set_hello(self, event: ev.Hello) -> None:
         self._discard_spill()
@@ -903,20 +986,25 @@ class Connection(asyncio.BufferedProtocol):
             reply = "451 4.3.0 Local error in processing: message not queued"
         finally:
             self._discard_spill()  # queued (moved into the spool), or not wanted
+        self._answer_message(reply, qid, size, started)
+
+    def _answer_message(self, reply: str, qid: str | None, size: int, started: float) -> None:
+        """Send a message's final reply (250 once it is queued), count and log it."""
+        s, env = self.session, self.envelope
         if self._gone:
             if qid:
-                logger.info("%s <= <%s> H=(%s) %s P=%s S=%d for %s: client gone before the "
-                            "250 reply", qid, env.mail_from, s.host_name, self._who(),
-                            protocol_name(s, env).lower(), size,
-                            " ".join(f"<{r.address}>" for r in env.recipients))  # fmt: skip
+                log_info("%s <= <%s> H=(%s) %s P=%s S=%d for %s: client gone before the "
+                         "250 reply", qid, env.mail_from, s.host_name, self._who(),
+                         protocol_name(s, env).lower(), size,
+                         " ".join(f"<{r.address}>" for r in env.recipients))  # fmt: skip
             return
         self.proto.respond(reply)
-        if reply.startswith("2"):
+        if reply[0] == "2":
             metrics.accept_seconds.observe(time.perf_counter() - started)
             metrics.messages.labels("accepted").inc()
             metrics.received_bytes.inc(size)
             s.messages += 1
-            logger.info(
+            log_info(
                 "%s <= <%s> H=(%s) %s P=%s S=%d for %s",
                 qid or "-", env.mail_from, s.host_name, self._who(),
                 protocol_name(s, env).lower(), size,

@@ -29,6 +29,8 @@ def protocol_name(session: Session, envelope: Envelope) -> str:
 
 def _clean(text: str) -> str:
     """An EHLO name as a comment-safe token (no CR/LF, parentheses or backslashes)."""
+    if text.isprintable() and "(" not in text and ")" not in text and "\\" not in text:
+        return text[:255]  # the usual name: nothing to replace
     return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
 
 

@@ -25,6 +25,7 @@ from smtpedge.hostlist import HostList
 from smtpedge.log import logger
 from smtpedge.protocol.server import Limits, Offer
 from smtpedge.queue import DataDirectoryLock, GroupCommitter, Queue, new_queue_id
+from smtpedge.queue.store import MessageRecord, make_record
 from smtpedge.receiving.connection import Connection, fmt_address, sock_address
 from smtpedge.receiving.handlers import check_handler
 from smtpedge.receiving.hosttable import HostTable
@@ -328,8 +329,39 @@ class Server:
     async def store_message(self, session: Session, envelope: Envelope) -> tuple[str, int]:
         """``queue_message``, also returning the size stored (the Received
         header counted, as Exim counts it)."""
+        committer = self._running_committer()
+        record = self._record(session, envelope)
+        await committer.commit(record)
+        self._queued(record.id)
+        return record.id, record.size
+
+    def submit_message(
+        self,
+        session: Session,
+        envelope: Envelope,
+        done: Callable[[str, int, BaseException | None], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """``store_message`` without a task: ``done(queue_id, size, error)``
+        runs in ``loop`` once the message is durable (``error`` None) or was
+        not stored."""
+        committer = self._running_committer()
+        record = self._record(session, envelope)
+
+        def committed(error: BaseException | None) -> None:
+            if error is None:
+                self._queued(record.id)
+            done(record.id, record.size, error)
+
+        committer.submit(record, committed, loop)
+
+    def _running_committer(self) -> GroupCommitter:
         if self._committer is None:
             raise RuntimeError("the server is not running")
+        return self._committer
+
+    def _record(self, session: Session, envelope: Envelope) -> MessageRecord:
+        """The queue record of a message: its ID, Received header, client facts."""
         assert envelope.mail_from is not None
         assert envelope.content is not None or envelope.content_file is not None
         qid = new_queue_id()
@@ -343,16 +375,16 @@ class Server:
             "session": session.id,
         }
         file = envelope.content_file
-        size = await self._committer.store(
+        return make_record(
             envelope.mail_from, envelope.recipients,
             b"" if file is not None else envelope.content or b"",
-            mail_params=envelope.mail_params, raw_mail_params=envelope.raw_mail_params,
-            client=client, queue_id=qid, header=header, content_file=file,
+            envelope.mail_params, envelope.raw_mail_params, client, qid, header, file,
         )  # fmt: skip
+
+    def _queued(self, queue_id: str) -> None:
         self.messages_accepted += 1
         if self.on_queued is not None:
-            self.on_queued(qid)
-        return qid, size
+            self.on_queued(queue_id)
 
     def open_queue(self) -> Queue:
         return Queue(self.config.spool_path, inline_max=self.config.spool_inline_max)

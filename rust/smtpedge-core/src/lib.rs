@@ -1,6 +1,8 @@
 //! smtpedge-core: the hot paths of smtpedge as pure functions over bytes,
-//! and the connection table that worker processes share (`hosttable`, the
-//! one module that touches the system: a shared mapping and its lock).
+//! the connection table that worker processes share (`hosttable`: a shared
+//! mapping and its lock), and the thread that commits accepted messages to
+//! the queue (`msgwriter`: SQLite and spool files). Those two are the only
+//! modules that touch the system.
 //!
 //! No other I/O and no Python here; `smtpedge-py` exposes these to Python as
 //! `smtpedge._native`, and `python/smtpedge/_pure` holds their pure-Python
@@ -12,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod hosttable;
 pub mod ip;
+pub mod msgwriter;
 pub mod proxy;
 pub mod smtpline;
 pub mod xtext;

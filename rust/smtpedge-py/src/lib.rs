@@ -14,8 +14,10 @@ use smtpedge_core::{certnames, crc32c, data, proxy, smtpline, xtext, Error, Erro
 
 mod classes;
 mod hosttable;
+mod msgwriter;
 use classes::{Command, Path, ProxyHeader, Reply, SSLInfo};
 use hosttable::{HostTableLock, SharedHostTable};
+use msgwriter::MessageWriter;
 
 pyo3::import_exception!(smtpedge.errors, ProxyProtocolError);
 pyo3::import_exception!(smtpedge.errors, IncompleteHeader);
@@ -352,6 +354,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DataScanner>()?;
     m.add_class::<SharedHostTable>()?;
     m.add_class::<HostTableLock>()?;
+    m.add_class::<MessageWriter>()?;
     m.add_function(wrap_pyfunction!(parse_header, m)?)?;
     m.add_function(wrap_pyfunction!(build_header, m)?)?;
     m.add_function(wrap_pyfunction!(py_crc32c, m)?)?;
