@@ -143,7 +143,9 @@ def test_writers_fail_alike(tmp_path: Path, setup: str, row: tuple[Any, ...]) ->
         assert getattr(rust, attr, None) == getattr(python, attr, None), attr
 
 
-@pytest.mark.parametrize("kw", [{"batch_max": 0}, {"inline_max": -1}, {"gather": 2.0}])
+@pytest.mark.parametrize(
+    "kw", [{"batch_max": 0}, {"inline_max": -1}, {"gather": 2.0}, {"gather_max": -1.0}]
+)
 def test_writers_refuse_bad_settings_alike(tmp_path: Path, kw: dict[str, Any]) -> None:
     messages = []
     for name, backend in BACKENDS.items():

@@ -154,17 +154,25 @@ def add_rows(
 
 class Batcher(Generic[_Req]):
     """A thread that takes requests in batches: after the first of a batch
-    it waits ``gather`` seconds for others (under load that makes batches
-    bigger, and each costs a transaction and an ``fdatasync`` whatever its
-    size), then hands what has arrived, up to ``batch_max``, to ``handle``.
-    ``close()`` stops it after what was put before."""
+    it waits ``gather`` seconds for others per request the previous batch
+    had, at most ``gather_max`` (a lone request waits ``gather``; under load
+    batches grow, and each costs a transaction and an ``fdatasync`` whatever
+    its size), then hands what has arrived, up to ``batch_max``, to
+    ``handle``. ``close()`` stops it after what was put before."""
 
     def __init__(
-        self, handle: Callable[[list[_Req]], None], *, batch_max: int, gather: float, name: str
+        self,
+        handle: Callable[[list[_Req]], None],
+        *,
+        batch_max: int,
+        gather: float,
+        gather_max: float,
+        name: str,
     ) -> None:
         self._handle = handle
         self._batch_max = batch_max
         self._gather = gather
+        self._gather_max = gather_max
         self._requests: _stdqueue.SimpleQueue[_Req | None] = _stdqueue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -177,12 +185,14 @@ class Batcher(Generic[_Req]):
         self._thread.join()
 
     def _run(self) -> None:
+        last = 1
         while True:
             first = self._requests.get()
             if first is None:
                 return
-            if self._gather > 0:
-                time.sleep(self._gather)
+            wait = min(self._gather * last, self._gather_max)
+            if wait > 0:
+                time.sleep(wait)
             batch = [first]
             stop = False
             while len(batch) < self._batch_max:
@@ -194,6 +204,7 @@ class Batcher(Generic[_Req]):
                     stop = True
                     break
                 batch.append(nxt)
+            last = len(batch)
             self._handle(batch)
             if stop:
                 return
@@ -212,13 +223,14 @@ class MessageWriter:
         inline_max: int,
         batch_max: int = 256,
         gather: float = 0.0005,
+        gather_max: float = 0.003,
     ) -> None:
         if inline_max < 0:
             raise ValueError("inline_max must be at least 0")
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
-        if not 0.0 <= gather <= 1.0:
-            raise ValueError("gather must be between 0 and 1 second")
+        if not (0.0 <= gather <= 1.0 and 0.0 <= gather_max <= 1.0):
+            raise ValueError("gather and gather_max must be between 0 and 1 second")
         self._spool = Path(spool)
         self._inline_max = inline_max
         self._db = sqlite3.connect(database, timeout=30, isolation_level=None,
@@ -235,7 +247,11 @@ class MessageWriter:
         self.batches = 0
         self.committed = 0
         self._batcher: Batcher[tuple[int, MessageRow]] = Batcher(
-            self._commit, batch_max=batch_max, gather=gather, name="smtpedge-commit"
+            self._commit,
+            batch_max=batch_max,
+            gather=gather,
+            gather_max=gather_max,
+            name="smtpedge-commit",
         )
 
     def submit(self, token: int, row: Any) -> None:

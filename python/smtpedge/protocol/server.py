@@ -112,6 +112,9 @@ def format_reply(reply: str | Sequence[str]) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+_NO_OFFER = Offer()
+
+
 class ServerConnection:
     """One SMTP session, server side."""
 
@@ -150,7 +153,7 @@ class ServerConnection:
 
     def __init__(self, limits: Limits | None = None, *, expect_proxy: bool = False) -> None:
         self.limits = limits or Limits()
-        self.offer = Offer()
+        self.offer = _NO_OFFER  # until greet(); frozen, so shared
         self.state = PROXY if expect_proxy else GREETING
         self.helo: str | None = None
         self.esmtp = False

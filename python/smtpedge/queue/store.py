@@ -523,9 +523,12 @@ def record_row(r: MessageRecord) -> MessageRow:
 MessageWriter = impl.MessageWriter
 
 #: After the first item of a batch, a writer thread waits this long for
-#: others: under load that makes the groups bigger, and each group costs a
-#: transaction, its WAL pages and an ``fdatasync``, whatever its size.
+#: others per item its previous batch had, up to ``GATHER_MAX_SECONDS``: a
+#: lone message waits 0.5 ms, a busy server gathers bigger groups, and each
+#: group costs a transaction, its WAL pages and an ``fdatasync`` whatever
+#: its size.
 GATHER_SECONDS = 0.0005
+GATHER_MAX_SECONDS = 0.003
 
 _Done = Callable[[BaseException | None], None]
 _Answer = tuple[_Done, BaseException | None]
@@ -559,7 +562,11 @@ class _Committer(Generic[_Item]):
         self._queue = Queue(directory, inline_max=inline_max)
         self.batches = 0
         self._batcher: Batcher[tuple[_Item, _Done, asyncio.AbstractEventLoop]] = Batcher(
-            self._handle, batch_max=batch_max, gather=GATHER_SECONDS, name=name
+            self._handle,
+            batch_max=batch_max,
+            gather=GATHER_SECONDS,
+            gather_max=GATHER_MAX_SECONDS,
+            name=name,
         )
 
     async def _submit(self, item: _Item) -> None:
@@ -615,6 +622,7 @@ class GroupCommitter:
             self._writer = MessageWriter(
                 str(queue.db_path), str(queue.spool), str(queue.directory / "queue.writer.lock"),
                 inline_max=inline_max, batch_max=batch_max, gather=GATHER_SECONDS,
+                gather_max=GATHER_MAX_SECONDS,
             )  # fmt: skip
         finally:
             queue.close()

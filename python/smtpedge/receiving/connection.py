@@ -49,6 +49,7 @@ _REFUSALS_LOGGED = 5  # refusals logged one by one per session; the rest are cou
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 64 * 1024
 _session_ids = itertools.count(1)
+_MESSAGE_STATES = frozenset({"DATA", "BDAT"})
 
 
 def sock_address(sockaddr: Any) -> tuple[str, int]:
@@ -657,7 +658,7 @@ class Connection(asyncio.BufferedProtocol):
         if (
             self._spill is not None
             or self._spill_error is not None
-            or proto.data_pending >= _SPILL_CHUNK
+            or (proto.state in _MESSAGE_STATES and proto.data_pending >= _SPILL_CHUNK)
         ):
             self._spill_data()
         self._flush()

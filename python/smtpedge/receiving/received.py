@@ -67,7 +67,6 @@ def received_header(
         lines.insert(2, f"\t(using {tls.version} with cipher {tls.cipher} "
                         f"({tls.cipher_bits} bits))")  # fmt: skip
     if len(envelope.recipients) == 1:
-        lines[-1] += f"\n\tfor <{envelope.recipients[0].address}>"
-    lines[-1] += f"; {_date()}"
-    text = "\r\n".join("\r\n".join(part.split("\n")) for part in lines) + "\r\n"
-    return text.encode("utf-8")
+        lines[-1] += f"\r\n\tfor <{envelope.recipients[0].address}>"
+    lines[-1] += f"; {_date()}\r\n"
+    return "\r\n".join(lines).encode("utf-8")

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Envelope", "Recipient", "Session"]  # Recipient: from smtpedge.esmtp
 
+_NO_PARAMS = MailParams()
+
 Address = tuple[str, int]
 
 
@@ -86,7 +88,7 @@ class Envelope:
     """
 
     mail_from: str | None = None
-    mail_params: MailParams = field(default_factory=MailParams)
+    mail_params: MailParams = _NO_PARAMS  # frozen: one instance serves every envelope
     raw_mail_params: tuple[tuple[str, str | None], ...] = ()
     recipients: list[Recipient] = field(default_factory=list)
     content: bytes | None = None

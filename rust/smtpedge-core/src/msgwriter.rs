@@ -124,8 +124,12 @@ pub struct WriterConfig {
     pub turn_lock: PathBuf,
     pub inline_max: usize,
     pub batch_max: usize,
-    /// After the first message of a batch, wait this long for others.
+    /// After the first message of a batch, wait this long for others per
+    /// message the previous batch had (the busier, the longer), at most
+    /// `gather_max`: a lone message waits `gather`, a busy server gathers
+    /// bigger batches, each a transaction, WAL append and `fdatasync`.
     pub gather: Duration,
+    pub gather_max: Duration,
 }
 
 pub struct MessageWriter {
@@ -301,13 +305,19 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, jobs: mpsc::Receiver<Job>) {
+        let mut last = 1usize;
         loop {
             let first = match jobs.recv() {
                 Ok(Job::Row(token, row)) => (token, row),
                 Ok(Job::Stop) | Err(_) => return,
             };
-            if !self.config.gather.is_zero() {
-                thread::sleep(self.config.gather);
+            let wait = self
+                .config
+                .gather
+                .saturating_mul(u32::try_from(last.max(1)).unwrap_or(u32::MAX))
+                .min(self.config.gather_max);
+            if !wait.is_zero() {
+                thread::sleep(wait);
             }
             let mut batch = vec![first];
             let mut stop = false;
@@ -322,6 +332,7 @@ impl Worker {
                 }
             }
             let n = batch.len();
+            last = n;
             match self.commit(&batch) {
                 Ok(errors) => {
                     let stored = errors.iter().filter(|e| e.is_none()).count();
@@ -555,6 +566,7 @@ mod tests {
             inline_max: 8,
             batch_max: 256,
             gather: Duration::ZERO,
+            gather_max: Duration::ZERO,
         };
         (dir, config)
     }

@@ -176,7 +176,8 @@ pub struct MessageWriter {
 #[pymethods]
 impl MessageWriter {
     #[new]
-    #[pyo3(signature = (database, spool, turn_lock, *, inline_max, batch_max = 256, gather = 0.0005))]
+    #[allow(clippy::too_many_arguments)] // the Python signature's keywords
+    #[pyo3(signature = (database, spool, turn_lock, *, inline_max, batch_max = 256, gather = 0.0005, gather_max = 0.003))]
     fn new(
         py: Python<'_>,
         database: PathBuf,
@@ -185,6 +186,7 @@ impl MessageWriter {
         inline_max: i64,
         batch_max: i64,
         gather: f64,
+        gather_max: f64,
     ) -> PyResult<Self> {
         let inline_max = usize::try_from(inline_max)
             .map_err(|_| PyValueError::new_err("inline_max must be at least 0"))?;
@@ -192,9 +194,10 @@ impl MessageWriter {
             .ok()
             .filter(|&n| n >= 1)
             .ok_or_else(|| PyValueError::new_err("batch_max must be at least 1"))?;
-        if !(gather.is_finite() && (0.0..=1.0).contains(&gather)) {
+        let second = |t: f64| t.is_finite() && (0.0..=1.0).contains(&t);
+        if !second(gather) || !second(gather_max) {
             return Err(PyValueError::new_err(
-                "gather must be between 0 and 1 second",
+                "gather and gather_max must be between 0 and 1 second",
             ));
         }
         let config = WriterConfig {
@@ -204,6 +207,7 @@ impl MessageWriter {
             inline_max,
             batch_max,
             gather: Duration::from_secs_f64(gather),
+            gather_max: Duration::from_secs_f64(gather_max),
         };
         let inner = msgwriter::MessageWriter::start(config).map_err(|e| raise(py, &e))?;
         Ok(MessageWriter {
