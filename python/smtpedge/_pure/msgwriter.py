@@ -154,10 +154,11 @@ def add_rows(
 
 class Batcher(Generic[_Req]):
     """A thread that takes requests in batches: after the first of a batch
-    it waits ``gather`` seconds for others per request the previous batch
-    had, at most ``gather_max`` (a lone request waits ``gather``; under load
-    batches grow, and each costs a transaction and an ``fdatasync`` whatever
-    its size), then hands what has arrived, up to ``batch_max``, to
+    it waits for as many as the previous batch had, at most ``gather``
+    seconds each and ``gather_max`` in all (a lone client's request goes at
+    once; a busy server's batches stay as big as its sessions make them, and
+    each costs a transaction and an ``fdatasync`` whatever its size), then
+    hands that and what else has arrived, up to ``batch_max``, to
     ``handle``. ``close()`` stops it after what was put before."""
 
     def __init__(
@@ -190,14 +191,17 @@ class Batcher(Generic[_Req]):
             first = self._requests.get()
             if first is None:
                 return
-            wait = min(self._gather * last, self._gather_max)
-            if wait > 0:
-                time.sleep(wait)
+            deadline = time.monotonic() + min(self._gather * last, self._gather_max)
             batch = [first]
             stop = False
             while len(batch) < self._batch_max:
+                left = deadline - time.monotonic() if len(batch) < last else 0.0
                 try:
-                    nxt = self._requests.get_nowait()
+                    nxt = (
+                        self._requests.get(timeout=left)
+                        if left > 0
+                        else self._requests.get_nowait()
+                    )
                 except _stdqueue.Empty:
                     break
                 if nxt is None:

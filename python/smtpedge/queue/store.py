@@ -522,11 +522,12 @@ def record_row(r: MessageRecord) -> MessageRow:
 #: The message writer of the backend chosen at import (see docs/api.md).
 MessageWriter = impl.MessageWriter
 
-#: After the first item of a batch, a writer thread waits this long for
-#: others per item its previous batch had, up to ``GATHER_MAX_SECONDS``: a
-#: lone message waits 0.5 ms, a busy server gathers bigger groups, and each
-#: group costs a transaction, its WAL pages and an ``fdatasync`` whatever
-#: its size.
+#: After the first item of a batch, a writer thread waits for as many as
+#: its previous batch had, at most ``GATHER_SECONDS`` each and
+#: ``GATHER_MAX_SECONDS`` in all: a lone client's message is committed at
+#: once, and a busy server's groups stay as big as its sessions make them
+#: (each group costs a transaction, its WAL pages and an ``fdatasync``
+#: whatever its size).
 GATHER_SECONDS = 0.0005
 GATHER_MAX_SECONDS = 0.003
 

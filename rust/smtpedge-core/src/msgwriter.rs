@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags};
 
@@ -124,10 +124,11 @@ pub struct WriterConfig {
     pub turn_lock: PathBuf,
     pub inline_max: usize,
     pub batch_max: usize,
-    /// After the first message of a batch, wait this long for others per
-    /// message the previous batch had (the busier, the longer), at most
-    /// `gather_max`: a lone message waits `gather`, a busy server gathers
-    /// bigger batches, each a transaction, WAL append and `fdatasync`.
+    /// After the first message of a batch, wait for as many as the previous
+    /// batch had, at most this long per message and `gather_max` in all: a
+    /// lone client's message goes at once, and a busy server commits groups
+    /// (each costs a transaction, a WAL append and an `fdatasync`, whatever
+    /// its size) without waiting longer than its sessions take to send.
     pub gather: Duration,
     pub gather_max: Duration,
 }
@@ -311,24 +312,35 @@ impl Worker {
                 Ok(Job::Row(token, row)) => (token, row),
                 Ok(Job::Stop) | Err(_) => return,
             };
+            // Wait for as many messages as the previous batch had, for at
+            // most `gather` each (and `gather_max` in all); then take what
+            // else has arrived.
             let wait = self
                 .config
                 .gather
-                .saturating_mul(u32::try_from(last.max(1)).unwrap_or(u32::MAX))
+                .saturating_mul(u32::try_from(last).unwrap_or(u32::MAX))
                 .min(self.config.gather_max);
-            if !wait.is_zero() {
-                thread::sleep(wait);
-            }
+            let deadline = Instant::now() + wait;
             let mut batch = vec![first];
             let mut stop = false;
             while batch.len() < self.config.batch_max.max(1) {
-                match jobs.try_recv() {
-                    Ok(Job::Row(token, row)) => batch.push((token, row)),
-                    Ok(Job::Stop) => {
+                let next = if batch.len() < last {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        jobs.try_recv().ok()
+                    } else {
+                        jobs.recv_timeout(left).ok()
+                    }
+                } else {
+                    jobs.try_recv().ok()
+                };
+                match next {
+                    Some(Job::Row(token, row)) => batch.push((token, row)),
+                    Some(Job::Stop) => {
                         stop = true;
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             let n = batch.len();
