@@ -6,6 +6,7 @@ import fcntl
 import os
 import select
 import sqlite3
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,21 @@ def test_what_waits_meanwhile_commits_together(tmp_path: Path) -> None:
         assert got == dict.fromkeys(range(20))
         assert sum(sizes) == 20 and len(sizes) <= 2, (name, sizes)
         assert w.batches == len(sizes)
+
+
+def test_the_rust_writer_uses_the_sqlite_python_uses() -> None:
+    """One copy of SQLite in the process: the extension links the shared
+    library that Python's sqlite3 module loads, and bundles none of its own
+    (two copies would lose track of each other's locks on the queue)."""
+    import _sqlite3
+
+    needed = subprocess.run(["readelf", "-d", _native.__file__], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    assert "[libsqlite3.so.0]" in needed, needed
+    assert "sqlite3_open_v2" not in subprocess.run(
+        ["nm", "-D", "--defined-only", _native.__file__], capture_output=True, text=True,
+        check=True).stdout, "the extension defines SQLite's functions itself"  # fmt: skip
+    maps = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+            if "libsqlite3" in line}  # fmt: skip
+    assert len(maps) == 1, maps
+    assert _sqlite3.__file__
