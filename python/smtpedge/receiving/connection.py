@@ -50,6 +50,7 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 64 * 1024
 _session_ids = itertools.count(1)
 _MESSAGE_STATES = frozenset({"DATA", "BDAT"})
+_NOT_QUEUED = "451 4.3.0 Local error in processing: message not queued"
 
 
 def sock_address(sockaddr: Any) -> tuple[str, int]:
@@ -420,12 +421,16 @@ class Connection(asyncio.BufferedProtocol):
             return
         exc = task.exception()
         if exc is not None:
-            logger.error("internal error in session %s from %s: %r", self.session.id,
-                         self._who(), exc, exc_info=exc)  # fmt: skip
-            self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
-            self._flush()
+            self._internal_error(exc)
             return
         self._resume()
+
+    def _internal_error(self, exc: BaseException) -> None:
+        """A bug met while answering: log it, end the session with 421."""
+        logger.error("internal error in session %s from %s: %r", self.session.id,
+                     self._who(), exc, exc_info=exc)  # fmt: skip
+        self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
+        self._flush()
 
     def _resume(self) -> None:
         """A hook or a commit is over: read and answer again."""
@@ -850,8 +855,7 @@ class Connection(asyncio.BufferedProtocol):
             )  # fmt: skip
         except Exception as exc:
             logger.error("message from %s NOT queued: %s", self._who(), describe_error(exc))
-            self._answer_message("451 4.3.0 Local error in processing: message not queued",
-                                 None, len(event.content), started)  # fmt: skip
+            self._answer_message(_NOT_QUEUED, None, len(event.content), started)
             return
         self._storing = True
         self._task = _COMMITTING
@@ -864,13 +868,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._answer_message(f"250 2.0.0 OK id={qid}", qid, size, started)
             else:
                 logger.error("message from %s NOT queued: %s", self._who(), describe_error(error))
-                self._answer_message("451 4.3.0 Local error in processing: message not queued",
-                                     None, size, started)  # fmt: skip
+                self._answer_message(_NOT_QUEUED, None, size, started)
         except Exception as exc:
-            logger.error("internal error in session %s from %s: %r", self.session.id,
-                         self._who(), exc, exc_info=exc)  # fmt: skip
-            self.proto.refuse("421 4.3.0 Local error in processing, closing connection")
-            self._flush()
+            self._internal_error(exc)
             return
         self._resume()
 
@@ -943,7 +943,7 @@ class Connection(asyncio.BufferedProtocol):
             logger.error("message from %s NOT queued: cannot write its spool file: %s",
                          self._who(), describe_error(self._spill_error))  # fmt: skip
             self._discard_spill()
-            self.proto.respond("451 4.3.0 Local error in processing: message not queued")
+            self.proto.respond(_NOT_QUEUED)
             metrics.messages.labels("4xx").inc()
             self.envelope = Envelope()
             return
@@ -977,14 +977,14 @@ class Connection(asyncio.BufferedProtocol):
                 except Exception as exc:
                     logger.error("message from %s NOT queued: %s", self._who(),
                                  describe_error(exc))  # fmt: skip
-                    reply = "451 4.3.0 Local error in processing: message not queued"
+                    reply = _NOT_QUEUED
                 else:
                     reply = f"250 2.0.0 OK id={qid}"
                 finally:
                     self._storing = False
         except OSError as exc:  # the spool file could not be finished or read
             logger.error("message from %s NOT queued: %s", self._who(), describe_error(exc))
-            reply = "451 4.3.0 Local error in processing: message not queued"
+            reply = _NOT_QUEUED
         finally:
             self._discard_spill()  # queued (moved into the spool), or not wanted
         self._answer_message(reply, qid, size, started)
