@@ -47,8 +47,9 @@ def test_pipelining_client_that_never_reads_cannot_grow_memory(tmp_path: Path) -
     """30 MB of pipelined HELP (each answered by ~13 times its size) from a
     client that reads nothing: the server stops reading once its output
     backs up, so its memory stays flat; everyone else is still served, and
-    the replies all come once the client reads."""
-    with ServeProcess(tmp_path / "data") as srv:
+    the replies all come once the client reads. (Without the limit on
+    non-mail commands, which would end such a session after ten.)"""
+    with ServeProcess(tmp_path / "data", smtp_accept_max_nonmail=0) as srv:
         base = rss_kib(srv.proc.pid)
         c = Client(srv.port, timeout=30)
         assert c.reply().startswith("220")
@@ -87,6 +88,40 @@ def test_pipelining_client_that_never_reads_cannot_grow_memory(tmp_path: Path) -
         assert len(lines) > 20_000
         sock.close()
         assert rss_kib(srv.proc.pid) - base < 40 * 1024
+
+
+def test_a_client_that_never_sends_mail_is_dropped(tmp_path: Path) -> None:
+    """NOOP, HELP, RSET and VRFY forever (each answered long before any
+    timeout) would hold a connection slot for ever: after
+    smtp_accept_max_nonmail of them the client gets 421 and is closed, with
+    one log line; a client that sends mail is not limited by it, and a host
+    outside smtp_accept_max_nonmail_hosts is not counted."""
+    with ServeProcess(tmp_path / "data", smtp_accept_max_nonmail=5,
+                      smtp_accept_max_per_connection=3) as srv:  # fmt: skip
+        c = Client(srv.port)
+        assert c.reply().startswith("220") and c.cmd("EHLO idle.example").startswith("250")
+        replies = [c.cmd(verb) for verb in ("NOOP", "HELP", "RSET", "RSET", "VRFY x", "NOOP")]
+        assert [r[:3] for r in replies] == ["250", "214", "250", "250", "502", "250"]
+        assert c.cmd("NOOP") == "421 4.7.0 mx.test Too many non-mail commands, closing connection"
+        assert c.closed_without_data()
+        srv.wait_log("closed: more than 5 non-mail commands (last was NOOP)")
+        # Messages give the free RSET and EHLO back; the fourth MAIL is refused.
+        m = Client(srv.port)
+        assert m.reply().startswith("220")
+        for i in range(3):
+            assert m.cmd("RSET").startswith("250") and m.cmd("EHLO mail.example").startswith("250")
+            body = b"Subject: %d\r\n\r\nx" % i
+            assert m.send_message("a@example.org", ["b@example.net"], body).startswith("250")
+        assert m.cmd("MAIL FROM:<a@example.org>").startswith("421 4.7.0 mx.test Too many messages")
+        assert m.closed_without_data()
+        srv.wait_log("closed: more than 3 MAIL commands")
+        assert len(Queue(srv.spool).ids()) == 3
+    with ServeProcess(tmp_path / "data2", smtp_accept_max_nonmail=2,
+                      smtp_accept_max_nonmail_hosts=["!127.0.0.1", "*"]) as srv:  # fmt: skip
+        c = Client(srv.port)
+        assert c.reply().startswith("220") and c.cmd("EHLO idle.example").startswith("250")
+        assert all(c.cmd("NOOP").startswith("250") for _ in range(50))
+        c.close()
 
 
 def _trickle(sock: socket.socket, data: bytes, gap: float, limit: float) -> tuple[bytes, float]:

@@ -523,8 +523,9 @@ def test_proxy_header_from_a_host_that_is_not_a_proxy(version: int) -> None:
 def test_replies_come_in_batches_so_unread_output_cannot_pile_up() -> None:
     """A client pipelining thousands of commands: next_event stops after a
     batch of replies until they are taken, so the adapter can apply
-    backpressure (stop reading) instead of buffering every reply."""
-    d = Driver()
+    backpressure (stop reading) instead of buffering every reply (with no
+    limit on non-mail commands, which would otherwise end it first)."""
+    d = Driver(offer=Offer(max_nonmail=0))
     d.feed(b"EHLO c\r\n")
     d.conn.receive_data(b"RSET\r\n" * 1000)
 
@@ -611,3 +612,82 @@ def test_too_many_refused_recipients_end_the_session() -> None:
     assert d.codes(out) == ["550"] * 4 + ["421"]
     assert d.conn.closed and isinstance(d.events[-1], ev.Closed)
     assert "more than 3 refused recipients" in d.events[-1].reason
+
+
+def test_too_many_non_mail_commands_end_the_session() -> None:
+    """A client that sends NOOP, HELP, VRFY or RSET forever, never moving
+    mail, is dropped after max_nonmail of them, as Exim's
+    smtp_accept_max_nonmail does; EHLO is free once."""
+    d = Driver(offer=Offer(max_nonmail=4))
+    assert d.codes(d.feed(b"EHLO c\r\n")) == ["250"]
+    out = b"".join(d.feed(c) for c in (b"NOOP\r\n", b"HELP\r\n", b"NOOP\r\n", b"RSET\r\n"))
+    assert d.codes(out) == ["250", "214", "250", "250"], "RSET: its free one"
+    assert not d.conn.closed
+    out = d.feed(b"NOOP\r\n")
+    assert d.codes(out) == ["250"], "the fourth counted command is still answered"
+    out = d.feed(b"NOOP\r\n")
+    assert out == b"421 4.7.0 mx.test Too many non-mail commands, closing connection\r\n"
+    assert d.conn.closed and isinstance(d.events[-1], ev.Closed)
+    assert d.events[-1].reason == "more than 4 non-mail commands (last was NOOP)"
+
+
+def test_free_non_mail_commands_come_back_after_each_message() -> None:
+    """One RSET, one HELO or EHLO and one STARTTLS are free at the start of
+    the session and again after each message; mail commands never count."""
+    d = Driver(offer=Offer(max_nonmail=1))
+    for _ in range(5):
+        assert d.codes(d.feed(b"RSET\r\n") + d.feed(b"EHLO c\r\n")) == ["250", "250"]
+        d.feed(SESSION)
+        assert d.codes(d.feed(b"hello\r\n.\r\n")) == ["250"]
+    assert len(d.messages) == 5 and not d.conn.closed
+    d.feed(b"EHLO again\r\n")  # the free one after the last message
+    assert d.codes(d.feed(b"EHLO again\r\n")) == ["250"], "one counted"
+    assert d.codes(d.feed(b"EHLO again\r\n")) == ["421"]
+    assert d.conn.closed
+
+
+def test_a_refused_message_also_gives_the_free_commands_back() -> None:
+    d = Driver(offer=Offer(max_nonmail=1, size_limit=10))
+    for _ in range(3):
+        assert d.codes(d.feed(b"RSET\r\n") + d.feed(b"EHLO c\r\n")) == ["250", "250"]
+        d.feed(SESSION)
+        assert d.codes(d.feed(b"x" * 40 + b"\r\n.\r\n")) == ["552"]
+    assert not d.conn.closed and d.kinds().count("MessageRefused") == 3
+
+
+def test_no_limit_on_non_mail_commands_with_zero() -> None:
+    d = Driver(offer=Offer(max_nonmail=0))
+    d.feed(b"EHLO c\r\n")
+    assert d.codes(b"".join(d.feed(b"NOOP\r\n") for _ in range(200))) == ["250"] * 200
+    assert not d.conn.closed
+
+
+def test_ehlo_after_starttls_is_free() -> None:
+    d = Driver(offer=Offer(max_nonmail=1, starttls=True))
+    d.feed(b"EHLO c\r\n")
+    d.conn.receive_data(b"STARTTLS\r\n")
+    e = d.conn.next_event()
+    assert isinstance(e, ev.StartTLS)
+    d.conn.respond("220 2.0.0 Ready to start TLS")
+    d.conn.tls_started()
+    d.conn.data_to_send()
+    assert d.codes(d.feed(b"EHLO c\r\n")) == ["250"], "free: TLS requires it"
+    assert d.codes(d.feed(b"NOOP\r\n")) == ["250"]
+    assert d.codes(d.feed(b"NOOP\r\n")) == ["421"]
+
+
+def test_too_many_messages_in_one_session() -> None:
+    """The MAIL command after max_messages of them gets 421 and the session
+    ends (Exim's smtp_accept_max_per_connection); MAIL commands that led to
+    no message count too."""
+    d = Driver(limits=Limits(hostname="mx.test", max_messages=3))
+    d.feed(b"EHLO c\r\n")
+    d.start()
+    assert d.codes(d.feed(b"one\r\n.\r\n")) == ["250"]
+    assert d.codes(d.feed(b"MAIL FROM:<a@example.org>\r\nRSET\r\n")) == ["250", "250"]
+    d.start()
+    assert d.codes(d.feed(b"three\r\n.\r\n")) == ["250"]
+    out = d.feed(b"MAIL FROM:<a@example.org>\r\n")
+    assert out == b"421 4.7.0 mx.test Too many messages in this connection, closing connection\r\n"
+    assert d.conn.closed and d.events[-1] == ev.Closed("more than 3 MAIL commands")
+    assert len(d.messages) == 2

@@ -443,6 +443,25 @@ class Config:
         "Refused recipients (5xx: relay denied, unknown user, a hook's refusal) in one "
         "session before 421 and close, like Postfix's smtpd_hard_error_limit.",
     )
+    smtp_accept_max_nonmail: int = _opt(
+        10,
+        _int(0),
+        "Commands other than MAIL, RCPT, DATA, BDAT and QUIT in one session before 421 and "
+        "close (one RSET, one HELO or EHLO and one STARTTLS at the start of the session and "
+        "after each message are free; 0: no limit).",
+    )
+    smtp_accept_max_nonmail_hosts: HostList = _opt(
+        HostList("*"),
+        _hostlist,
+        "Clients whose non-mail commands are counted against smtp_accept_max_nonmail.",
+        '["*"]',
+    )
+    smtp_accept_max_per_connection: int = _opt(
+        1000,
+        _int(0),
+        "MAIL commands in one session; the next gets 421 and the connection is closed "
+        "(0: no limit).",
+    )
     smtp_max_synprot_errors: int = _opt(
         3, _int(0), "Syntax or protocol errors before the connection is closed."
     )

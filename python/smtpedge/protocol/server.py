@@ -47,6 +47,12 @@ _HELP = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT"
 # so a client that pipelines without reading meets backpressure, not a buffer
 # that grows with its input.
 _OUT_BATCH = 256
+# Commands that move mail along; every other one counts toward max_nonmail,
+# but for one RSET, one HELO or EHLO and one STARTTLS at the start of the
+# session and after each message (as Exim counts smtp_accept_max_nonmail).
+_MAIL_VERBS = frozenset(("MAIL", "RCPT", "DATA", "BDAT", "QUIT"))
+_NONMAIL_FREE = {"RSET": "RSET", "HELO": "HELO", "EHLO": "HELO", "STARTTLS": "STARTTLS"}
+_NONMAIL_FREE_KEYS = frozenset(_NONMAIL_FREE.values())
 _PROXY_V1 = b"PROXY "
 
 
@@ -60,6 +66,7 @@ class Limits:
     max_unknown: int = 3
     max_recipients: int = 1000
     max_refused_recipients: int = 100
+    max_messages: int = 1000  # MAIL commands per session (0: no limit)
     bare_newline: str = "reject"
     enforce_sync: bool = True
     proxy_max_length: int = proxy.DEFAULT_MAX_LENGTH
@@ -78,6 +85,7 @@ class Offer:
     starttls: bool = False
     require_tls: bool = False
     vrfy: bool = False
+    max_nonmail: int = 10  # commands other than MAIL, RCPT, DATA, BDAT, QUIT (0: no limit)
 
     @property
     def params(self) -> Offered:
@@ -131,6 +139,9 @@ class ServerConnection:
         "_data_parts",
         "_errors",
         "_excess",
+        "_free_nonmail",
+        "_mail_commands",
+        "_nonmail",
         "_out",
         "_pending",
         "_refused_rcpts",
@@ -166,6 +177,9 @@ class ServerConnection:
         self._errors = 0
         self._excess = 0
         self._refused_rcpts = 0
+        self._nonmail = 0
+        self._free_nonmail = set(_NONMAIL_FREE_KEYS)
+        self._mail_commands = 0
         self._after_close: ev.Event | None = None
         self.progress = 0
         self._unknown = 0
@@ -246,6 +260,7 @@ class ServerConnection:
         self.esmtp = False
         self.tls_active = True
         self._reset_transaction()
+        self._free_nonmail.add("HELO")  # the EHLO that TLS requires is free
 
     @property
     def data_pending(self) -> int:
@@ -299,6 +314,7 @@ class ServerConnection:
                     )
         elif isinstance(pending, ev.MessageReceived):
             self._reset_transaction()
+            self._message_over()
         elif isinstance(pending, ev.StartTLS) and ok:
             if self._buf:
                 # Plaintext pipelined after STARTTLS must never be read as if
@@ -427,6 +443,18 @@ class ServerConnection:
         self._out.append(error.reply)
         return ev.ProtocolViolation(error, line)
 
+    def _drop(self, text: str, reason: str) -> ev.Event:
+        """421 and close: the session used up one of its limits."""
+        self._send(_reply(421, "4.7.0", f"{self.limits.hostname} {text}, closing connection"))
+        self._close()
+        return ev.Closed(reason)
+
+    def _message_over(self) -> None:
+        """A message's data has been answered: the next one may again start
+        with a free RSET, HELO or EHLO, and STARTTLS."""
+        if len(self._free_nonmail) < len(_NONMAIL_FREE_KEYS):
+            self._free_nonmail = set(_NONMAIL_FREE_KEYS)
+
     def _sync_error(self, line: bytes) -> ev.Event:
         self._send(
             _reply(554, "5.5.0", "SMTP synchronization error: sent without waiting for a reply")
@@ -485,6 +513,17 @@ class ServerConnection:
         if self.limits.enforce_sync and self._buf and verb not in ("BDAT", "QUIT"):
             if verb in _GROUP_ENDERS or not (offer.pipelining and self.esmtp):
                 return self._sync_error(line)
+        if verb not in _MAIL_VERBS and offer.max_nonmail:
+            free = _NONMAIL_FREE.get(verb)
+            if free is not None and free in self._free_nonmail:
+                self._free_nonmail.discard(free)
+            else:
+                self._nonmail += 1
+                if self._nonmail > offer.max_nonmail:
+                    return self._drop(
+                        "Too many non-mail commands",
+                        f"more than {offer.max_nonmail} non-mail commands (last was {verb})",
+                    )
         handler = _DISPATCH.get(verb)
         if handler is None:
             return self._violation(SMTPError(502, "5.5.1", f"{verb} command not implemented"), line)
@@ -520,6 +559,11 @@ class ServerConnection:
         return self._decide(ev.Hello(name, True, tuple(lines)))
 
     def _mail(self, cmd: smtpline.Command, line: bytes) -> ev.Event:
+        self._mail_commands += 1
+        most = self.limits.max_messages
+        if most and self._mail_commands > most:
+            return self._drop("Too many messages in this connection",
+                              f"more than {most} MAIL commands")  # fmt: skip
         if self.helo is None:
             return self._violation(SMTPError(503, "5.5.1", "Send HELO or EHLO first"), line)
         if self.in_transaction:
@@ -609,6 +653,7 @@ class ServerConnection:
         if error is not None:
             self._out.append(error.reply)
             self._reset_transaction()
+            self._message_over()
             return ev.MessageRefused(error, "DATA")
         return self._decide(ev.MessageReceived(b"".join(parts), "DATA"))
 
@@ -653,6 +698,7 @@ class ServerConnection:
             self._out.append(failed.reply)
             if self._bdat_last:
                 self._reset_transaction()
+                self._message_over()
                 return ev.MessageRefused(failed, "BDAT")
             return None
         if not self._bdat_last:
@@ -670,6 +716,7 @@ class ServerConnection:
     def _bdat_refuse(self, error: SMTPError) -> ev.Event:
         self._out.append(error.reply)
         self._reset_transaction()
+        self._message_over()
         return ev.MessageRefused(error, "BDAT")
 
     def _bdat_piece(self, piece: bytes) -> None:

@@ -108,6 +108,7 @@ class Server:
             max_unknown=cfg.smtp_max_unknown_commands,
             max_recipients=cfg.recipients_max,
             max_refused_recipients=cfg.smtp_max_refused_recipients,
+            max_messages=cfg.smtp_accept_max_per_connection,
             bare_newline=cfg.bare_newline,
             enforce_sync=cfg.smtp_enforce_sync,
         )
@@ -118,6 +119,7 @@ class Server:
                 "hosts_proxy", "dsn_advertise_hosts", "pipelining_advertise_hosts",
                 "chunking_advertise_hosts", "smtputf8_advertise_hosts", "vrfy_hosts",
                 "tls_advertise_hosts", "tls_required_hosts", "relay_from_hosts",
+                "smtp_accept_max_nonmail_hosts",
             )
         )  # fmt: skip
         self.banner = cfg.smtp_banner.format(hostname=self.hostname, version=__version__)
@@ -311,6 +313,9 @@ class Server:
             starttls=self.tls is not None and has(cfg.tls_advertise_hosts),
             require_tls=has(cfg.tls_required_hosts),
             vrfy=has(cfg.vrfy_hosts),
+            max_nonmail=(
+                cfg.smtp_accept_max_nonmail if has(cfg.smtp_accept_max_nonmail_hosts) else 0
+            ),
         )
 
     async def queue_message(self, session: Session, envelope: Envelope) -> str:
