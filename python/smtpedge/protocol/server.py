@@ -306,11 +306,9 @@ class ServerConnection:
                 # smtpd_hard_error_limit does.
                 self._refused_rcpts += 1
                 if self._refused_rcpts > self.limits.max_refused_recipients:
-                    self._send(_reply(421, "4.7.0", f"{self.limits.hostname} Too many refused "
-                                      "recipients, closing connection"))  # fmt: skip
-                    self._close()
-                    self._after_close = ev.Closed(
-                        f"more than {self.limits.max_refused_recipients} refused recipients"
+                    self._after_close = self._drop(
+                        "Too many refused recipients",
+                        f"more than {self.limits.max_refused_recipients} refused recipients",
                     )
         elif isinstance(pending, ev.MessageReceived):
             self._reset_transaction()
@@ -429,17 +427,10 @@ class ServerConnection:
             self._errors += 1
             over = self._errors > self.limits.max_errors
         if over:
-            self._send(
-                _reply(
-                    421,
-                    "4.7.0",
-                    f"{self.limits.hostname} Too many "
-                    + ("unknown commands" if unknown else "syntax or protocol errors")
-                    + ", closing connection",
-                )
+            return self._drop(
+                "Too many " + ("unknown commands" if unknown else "syntax or protocol errors"),
+                f"too many {'unknown commands' if unknown else 'errors'}: {error}",
             )
-            self._close()
-            return ev.Closed(f"too many {'unknown commands' if unknown else 'errors'}: {error}")
         self._out.append(error.reply)
         return ev.ProtocolViolation(error, line)
 
