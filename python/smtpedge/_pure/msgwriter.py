@@ -159,7 +159,9 @@ class Batcher(Generic[_Req]):
     once; a busy server's batches stay as big as its sessions make them, and
     each costs a transaction and an ``fdatasync`` whatever its size), then
     hands that and what else has arrived, up to ``batch_max``, to
-    ``handle``. ``close()`` stops it after what was put before."""
+    ``handle``. While it waits it sleeps and looks every ``gather`` seconds
+    (a thread blocked on the queue would make every ``put`` wake it).
+    ``close()`` stops it after what was put before."""
 
     def __init__(
         self,
@@ -195,15 +197,14 @@ class Batcher(Generic[_Req]):
             batch = [first]
             stop = False
             while len(batch) < self._batch_max:
-                left = deadline - time.monotonic() if len(batch) < last else 0.0
                 try:
-                    nxt = (
-                        self._requests.get(timeout=left)
-                        if left > 0
-                        else self._requests.get_nowait()
-                    )
+                    nxt = self._requests.get_nowait()
                 except _stdqueue.Empty:
-                    break
+                    left = deadline - time.monotonic()
+                    if len(batch) >= last or left <= 0:
+                        break
+                    time.sleep(min(left, self._gather))
+                    continue
                 if nxt is None:
                     stop = True
                     break

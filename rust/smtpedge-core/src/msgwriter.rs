@@ -129,6 +129,7 @@ pub struct WriterConfig {
     /// lone client's message goes at once, and a busy server commits groups
     /// (each costs a transaction, a WAL append and an `fdatasync`, whatever
     /// its size) without waiting longer than its sessions take to send.
+    /// While it waits the writer sleeps and looks every `gather`.
     pub gather: Duration,
     pub gather_max: Duration,
 }
@@ -314,7 +315,11 @@ impl Worker {
             };
             // Wait for as many messages as the previous batch had, for at
             // most `gather` each (and `gather_max` in all); then take what
-            // else has arrived.
+            // else has arrived. The writer looks every `gather` rather than
+            // blocking on the channel: a blocked receiver makes every
+            // session's send a futex wake-up of this thread (a system call
+            // on the event loop per message), while a sleeping one is woken
+            // by its own timer, once per slice, whatever the load.
             let wait = self
                 .config
                 .gather
@@ -324,24 +329,26 @@ impl Worker {
             let mut batch = vec![first];
             let mut stop = false;
             while batch.len() < self.config.batch_max.max(1) {
-                let next = if batch.len() < last {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        jobs.try_recv().ok()
-                    } else {
-                        jobs.recv_timeout(left).ok()
+                match jobs.try_recv() {
+                    Ok(Job::Row(token, row)) => {
+                        batch.push((token, row));
+                        continue;
                     }
-                } else {
-                    jobs.try_recv().ok()
-                };
-                match next {
-                    Some(Job::Row(token, row)) => batch.push((token, row)),
-                    Some(Job::Stop) => {
+                    Ok(Job::Stop) => {
                         stop = true;
                         break;
                     }
-                    None => break,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {}
                 }
+                if batch.len() >= last {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                thread::sleep(left.min(self.config.gather));
             }
             let n = batch.len();
             last = n;
