@@ -4,14 +4,20 @@ Each result is checked before it is timed. Run: scripts/bench"""
 from __future__ import annotations
 
 import random
+import select
+import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from peers import aiosmtpd_parse_proxy, naive_xtext_encode, service_identity_match
-from smtpedge import _native, _pure, proxy
+from smtpedge import Config, _native, _pure, proxy
+from smtpedge.esmtp import MailParams, Recipient
+from smtpedge.queue import Queue, make_record
+from smtpedge.queue.store import new_queue_id, record_row
 
 BACKENDS = [pytest.param(_native, id="rust"), pytest.param(_pure, id="python")]
 
@@ -160,3 +166,47 @@ def test_proxy_v2_read_aiosmtpd(benchmark: Any) -> None:
         return (p.src_addr, p.dst_addr, p.tlv.AUTHORITY if p.tlv else None)
 
     _run(benchmark, read, lambda t: str(t[0]) == "2001:db8::10")
+
+
+WRITER_BATCH = 100
+WRITER_CONTENT = b"Subject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
+
+
+@pytest.mark.benchmark(group="message-writer-100", timer=time.process_time)
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_message_writer(benchmark: Any, impl: ModuleType, tmp_path: Path) -> None:
+    """CPU (this process's, every thread) to commit WRITER_BATCH messages of
+    2 KB handed to the writer at once: the rows, the transaction and its
+    fdatasync, the outcomes taken back. The same database file for both."""
+    Queue(tmp_path, inline_max=Config().spool_inline_max).close()  # the tables and the spool
+    writer = impl.MessageWriter(str(tmp_path / "queue.db"), str(tmp_path / "spool"),
+                                str(tmp_path / "queue.writer.lock"),
+                                inline_max=Config().spool_inline_max)  # fmt: skip
+    rows = [record_row(make_record("bench@example.org", [Recipient("user@example.com")],
+                                   WRITER_CONTENT, MailParams(), (), {"address": "192.0.2.1"}))
+            for _ in range(WRITER_BATCH)]  # fmt: skip
+
+    handed: list[int] = []
+
+    def fresh() -> tuple[tuple[list[Any]], dict[str, Any]]:
+        return ([r._replace(id=new_queue_id()) for r in rows],), {}
+
+    def commit(batch: list[Any]) -> int:
+        for token, row in enumerate(batch):
+            writer.submit(token, row)
+        stored = 0
+        while stored < len(batch):
+            ready, _, _ = select.select([writer.fileno()], [], [], 30)
+            assert ready, "no outcome from the writer in 30 s"
+            outcomes, _ = writer.take()
+            assert all(error is None for _, error in outcomes), outcomes
+            stored += len(outcomes)
+        handed.append(stored)
+        return stored
+
+    try:
+        assert commit(fresh()[0][0]) == WRITER_BATCH
+        benchmark.pedantic(commit, setup=fresh, rounds=30)
+        assert writer.committed == sum(handed) > WRITER_BATCH
+    finally:
+        writer.close()
